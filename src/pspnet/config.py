@@ -1,0 +1,370 @@
+"""Typed configuration: nested dataclasses, YAML loading and `--set key=value` overrides.
+
+Every value is checked against its annotation when the config is built, so a typo or a wrong type
+fails at start-up with the key's dotted name instead of hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """The network: encoder, pyramid pooling module, heads."""
+
+    encoder: str = "resnet50_deepstem"
+    """Encoder name: see `pspnet models`. Default: ResNet-50 with the 64-64-128 deep stem (PSPNet's)."""
+    encoder_weights: str | None = None
+    """None (random init), `imagenet` (timm's pretrained weights, needs internet) or a local file path."""
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the timm encoder constructor (e.g. `drop_path_rate`)."""
+    output_stride: int = 8
+    """Encoder output stride: 8 (the paper's dilated ResNet), 16 or 32."""
+    dilation_style: Literal["contracted", "uniform"] = "contracted"
+    """`contracted`: the first block of a dilated stage uses half the dilation (timm, mmseg);
+    `uniform`: every block of the stage uses the full dilation (semseg, the authors' code)."""
+    in_channels: int = 3
+    num_classes: int | None = None
+    """Filled in from the dataset when left empty."""
+    use_ppm: bool = True
+    """False gives the dilated-FCN baseline of the paper's ablation."""
+    bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    ppm_channels: int | None = None
+    """Channels of each pooling branch; default C / len(bins)."""
+    decoder_channels: int = 512
+    """Channels of the 3x3 fusion conv after the PPM; 0 removes the fusion conv (the seed's lite model)."""
+    classifier_kernel: int = 1
+    dropout: float = 0.1
+    align_corners: bool = False
+    """Bilinear upsampling convention. semseg uses True, mmseg and torchvision False."""
+    ppm_feature: int = -1
+    """Index of the encoder feature map that feeds the PPM (negative counts from the deepest)."""
+    aux: Literal["seg", "none"] = "seg"
+    """Auxiliary head used in training only: `seg` is the paper's FCN head on the stage-3 features."""
+    aux_feature: int = -2
+    aux_channels: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.output_stride in (1, 2, 4, 8, 16, 32), "model.output_stride", "one of 1, 2, 4, 8, 16, 32", self.output_stride)
+        _check(0.0 <= self.dropout <= 1.0, "model.dropout", "a probability in [0, 1]", self.dropout)
+        _check(len(self.bins) > 0 and all(b >= 1 for b in self.bins), "model.bins", "a non-empty list of positive ints", self.bins)
+        _check(self.in_channels >= 1, "model.in_channels", "a positive int", self.in_channels)
+        _check(self.num_classes is None or self.num_classes >= 1, "model.num_classes", "a positive int", self.num_classes)
+        _check(self.ppm_channels is None or self.ppm_channels >= 1, "model.ppm_channels", "a positive int or null", self.ppm_channels)
+        _check(self.decoder_channels >= 0, "model.decoder_channels", "a non-negative int", self.decoder_channels)
+        _check(self.classifier_kernel in (1, 3), "model.classifier_kernel", "1 or 3", self.classifier_kernel)
+        _check(self.aux_channels >= 1, "model.aux_channels", "a positive int", self.aux_channels)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (the paper's recipe); each step can be switched off."""
+
+    scale: list[float] | None = field(default_factory=lambda: [0.5, 2.0])
+    rotate: float = 10.0
+    """Maximum rotation in degrees (0 disables)."""
+    blur: float = 0.5
+    """Probability of a Gaussian blur (0 disables)."""
+    flip: bool = True
+    crop_size: list[int] = field(default_factory=lambda: [473, 473])
+
+    def __post_init__(self) -> None:
+        if self.scale is not None:
+            _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], "data.augment.scale", "[min, max] with 0 < min <= max, or null", self.scale)
+        _check(0 <= self.rotate <= 180, "data.augment.rotate", "degrees in [0, 180]", self.rotate)
+        _check(0 <= self.blur <= 1, "data.augment.blur", "a probability in [0, 1]", self.blur)
+        _check(len(self.crop_size) == 2 and min(self.crop_size) >= 1, "data.augment.crop_size", "[height, width]", self.crop_size)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in `context scenes` dataset (see pspnet.data.synthetic)."""
+
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    num_train: int = 2000
+    num_val: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(len(self.image_size) == 2 and min(self.image_size) >= 32, "data.synthetic.image_size", "[height, width], each >= 32", self.image_size)
+        _check(self.num_train >= 1 and self.num_val >= 1, "data.synthetic.num_train/num_val", "positive ints", (self.num_train, self.num_val))
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is loaded."""
+
+    format: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    classes_file: str | None = None
+    """Class names/palette file for the `folders` and `pairs` formats."""
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+    """Format-specific settings (e.g. colour tolerance of the `pairs` format)."""
+    num_workers: int = 2
+    skip_bad: bool = False
+    """Skip unreadable samples with a warning instead of stopping the run."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, "data.num_workers", "a non-negative int", self.num_workers)
+        _check(len(self.mean) == len(self.std) and all(s > 0 for s in self.std), "data.mean/std", "equal-length lists with positive std", (self.mean, self.std))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: SGD with the poly learning-rate policy, as in the paper."""
+
+    max_iters: int = 1000
+    batch_size: int = 8
+    base_lr: float = 0.01
+    lr_power: float = 0.9
+    head_lr_mult: float = 10.0
+    """Learning-rate multiplier of everything that is not the encoder (PPM, fusion, classifiers)."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    aux_weight: float = 0.4
+    log_interval: int = 10
+    eval_interval: int = 250
+    checkpoint_interval: int = 250
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    """Mixed precision (CUDA only)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_iters >= 1, "train.max_iters", "a positive int", self.max_iters)
+        _check(self.batch_size >= 2, "train.batch_size", "an int >= 2 (BatchNorm in the pooling branches needs 2 samples)", self.batch_size)
+        _check(self.base_lr > 0, "train.base_lr", "a positive float", self.base_lr)
+        _check(self.lr_power >= 0, "train.lr_power", "a non-negative float", self.lr_power)
+        for key in ("log_interval", "eval_interval", "checkpoint_interval"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "a positive int", getattr(self, key))
+        _check(self.aux_weight >= 0, "train.aux_weight", "a non-negative float", self.aux_weight)
+
+
+@dataclass
+class EvalConfig:
+    """Inference protocol and metric conventions for evaluation and prediction."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: list[int] | None = None
+    """Sliding-window size [h, w] (mode `slide`)."""
+    stride: list[int] | None = None
+    """Sliding-window stride [h, w]; default ceil(2/3 of the crop)."""
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    batch_size: int = 1
+    absent: Literal["exclude", "zero"] = "exclude"
+    """Classes absent from ground truth and prediction: `exclude` from the mean (mmseg, Cityscapes)
+    or count as IoU 0 (semseg)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "eval.scales", "a non-empty list of positive floats", self.scales)
+        _check(self.batch_size >= 1, "eval.batch_size", "a positive int", self.batch_size)
+
+
+@dataclass
+class Config:
+    """A whole experiment. `pspnet train CONFIG` reads one from YAML."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        return _build(cls, data, prefix="", source=source)
+
+    def replace(self, overrides: list[str] | None = None) -> Config:
+        """A new config with `key=value` overrides applied (type-checked)."""
+        return Config.from_dict(apply_overrides(self.to_dict(), overrides or []), source="--set")
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval), got {type(loaded).__name__}")
+        data = loaded or {}
+        source = str(path)
+    Config.from_dict(data, source=source)  # report file errors before override errors
+    return Config.from_dict(apply_overrides(data, overrides or []), source=source if not overrides else f"{source} + --set")
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, e.g. `model.dropout`."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown_key_error(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.6)
+    if not close:  # a typo in the leaf name only: compare leaves
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in all_keys() if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `pspnet config --keys` for the list"
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys from `key=value` strings; values are parsed as YAML (`0.5`, `[1, 2]`, `null`)."""
+    result = _deepcopy(data)
+    valid = set(all_keys())
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in valid and not _is_dict_entry(key):
+            raise _unknown_key_error(key, "--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return result
+
+
+def _is_dict_entry(key: str) -> bool:
+    """`model.encoder_kwargs.drop_path_rate` sets an entry of a free-form dict field."""
+    parts = key.split(".")
+    return len(parts) > 2 and ".".join(parts[:2]) in {"model.encoder_kwargs", "data.options"}
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key_error(f"{prefix}{key}", source)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _type_name(hint: Any) -> str:
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    return text.replace("typing.", "").replace("NoneType", "null")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `hint`, converting only where lossless (int -> float, list -> tuple)."""
+
+    def fail() -> ConfigError:
+        return ConfigError(f"{source}: {key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{source}: {key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    raise fail()
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

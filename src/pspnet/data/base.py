@@ -1,0 +1,90 @@
+"""The contract every dataset format implements, and the torch Dataset that applies transforms.
+
+A *source* knows where samples are and how to decode them into numpy arrays with class ids
+(255 = ignore). Transforms, seeding and batching are the same for every source and live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..classes import ClassInfo
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One decoded example. `image`: HxWx3 uint8 RGB; `mask`: HxW uint8 class ids, 255 = ignore."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    name: str
+
+
+class SegmentationSource:
+    """Base class of dataset formats: a list of samples plus their class metadata."""
+
+    classes: ClassInfo
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        """Decode sample `index`; raise `pspnet.errors.DataError` naming the file when it is bad."""
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """A short identifier of sample `index` (its file stem), without decoding it."""
+        return self.load(index).name
+
+
+SampleTransform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+
+
+class SegmentationDataset(Dataset):
+    """Applies a transform to a source's samples.
+
+    Indexing with `(index, seed)` runs the random transform under that seed, in a forked RNG, so a
+    sample's augmentation depends only on its position in the training stream. This is what makes
+    `--resume` reproduce an uninterrupted run exactly, whatever the number of loader workers.
+    """
+
+    def __init__(self, source: SegmentationSource, transform: SampleTransform, skip_bad: bool = False):
+        self.source = source
+        self.transform = transform
+        self.skip_bad = skip_bad
+
+    @property
+    def classes(self) -> ClassInfo:
+        return self.source.classes
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """The transformed sample; None for a bad file when `skip_bad` is set (logged, then dropped)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            sample = self.source.load(index)
+        except DataError as exc:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping bad sample: %s", exc)
+            return None
+        if sample.mask is None:
+            sample.mask = np.full(sample.image.shape[:2], 255, dtype=np.uint8)
+        if seed is None:
+            image, mask = self.transform(sample.image, sample.mask)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image, mask = self.transform(sample.image, sample.mask)
+        return {"image": image, "mask": mask, "name": sample.name, "index": index}

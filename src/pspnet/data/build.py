@@ -1,0 +1,107 @@
+"""Datasets and loaders from a `DataConfig`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..config import DataConfig
+from ..errors import DataError
+from .base import SegmentationDataset, SegmentationSource
+from .transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+
+def build_source(data: DataConfig, split: str) -> SegmentationSource:
+    """The dataset format named by `data.format`, for `split` (`train`/`val` or a custom name)."""
+    if data.format == "synthetic":
+        from .synthetic import ContextScenes
+
+        cfg = data.synthetic
+        count = cfg.num_train if split == data.train_split else cfg.num_val
+        return ContextScenes("train" if split == data.train_split else "val", count, tuple(cfg.image_size), cfg.seed)
+    from .formats import build_source as build_format_source
+
+    return build_format_source(data.format, data.root, split, classes_file=data.classes_file, options=data.options)
+
+
+def build_dataset(data: DataConfig, split: str, train: bool) -> SegmentationDataset:
+    """A source wrapped with the training (augmenting) or evaluation transform."""
+    transform = build_train_transform(data.augment, data.mean, data.std) if train else build_eval_transform(data.mean, data.std)
+    return SegmentationDataset(build_source(data, split), transform, skip_bad=data.skip_bad)
+
+
+class TrainStream(Sampler):
+    """An endless stream of batches of `(index, seed)` keys, resumable at any iteration.
+
+    Sample position p of the stream belongs to epoch p // N, which visits the dataset in a
+    permutation seeded by (seed, epoch); its augmentation is seeded by (seed, p). Starting at
+    iteration k therefore yields exactly the batches an uninterrupted run would see from k on.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_iter: int = 0):
+        if num_samples < 1:
+            raise DataError("the training split is empty")
+        self.num_samples, self.batch_size, self.seed, self.start_iter = num_samples, batch_size, seed, start_iter
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position = self.start_iter * self.batch_size
+        epoch, order = -1, []
+        while True:
+            batch = []
+            for _ in range(self.batch_size):
+                if position // self.num_samples != epoch:
+                    epoch = position // self.num_samples
+                    order = self._permutation(epoch)
+                batch.append((order[position % self.num_samples], (self.seed * 0x9E3779B1 + position) % 2**62))
+                position += 1
+            yield batch
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+def collate(batch: list[dict | None]) -> dict:
+    """Stack samples; drop those skipped as bad (`data.skip_bad`)."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return {}
+    return {
+        "image": torch.stack([item["image"] for item in batch]),
+        "mask": torch.stack([item["mask"] for item in batch]),
+        "name": [item["name"] for item in batch],
+    }
+
+
+def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> dict:
+    """Shared loader settings. The loader gets its own generator: drawing worker seeds from the global
+    RNG would shift the model's dropout randomness and break exact resume."""
+    workers = data.num_workers
+    return {
+        "generator": torch.Generator().manual_seed(seed),
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+        "collate_fn": collate,
+    }
+
+
+def build_train_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, seed: int, start_iter: int,
+                       device: torch.device) -> DataLoader:
+    stream = TrainStream(len(dataset), batch_size, seed, start_iter)
+    return DataLoader(dataset, batch_sampler=stream, **_loader_options(data, device, seed))
+
+
+def build_eval_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, device: torch.device) -> DataLoader:
+    """Batches of equal-sized images (batch_size > 1 only makes sense when all images share a size)."""
+    options = _loader_options(data, device)
+    options["persistent_workers"] = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)

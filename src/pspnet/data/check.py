@@ -1,0 +1,154 @@
+"""`pspnet data check`: scan a split for problems before training on it.
+
+Every file is read once. Reported per file: images without a mask, masks without an image,
+unreadable files, image/mask size mismatches, label values outside the class set and colour masks
+with unknown colours. The report also counts the pixels of every class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..classes import IGNORE_INDEX, ClassInfo
+from ..config import DataConfig
+from ..errors import DataError
+from .formats import FileSource, SampleFiles, build_source
+from .formats.common import describe_out_of_range, label_histogram, out_of_range, size_mismatch
+
+DEFAULT_MAX_UNMATCHED = 0.01
+"""Largest fraction of a colour mask's pixels that may match no class colour before it is reported."""
+
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found; `message` names the file(s)."""
+
+    kind: str
+    """`missing_mask`, `orphan_mask`, `missing_files`, `unreadable`, `bad_mask`, `size_mismatch`,
+    `bad_labels`, `unknown_colors` or `empty`."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What `check_dataset` found in one split."""
+
+    dataset: str
+    classes: ClassInfo
+    num_images: int = 0
+    num_masks: int = 0
+    num_checked: int = 0
+    """Image/mask pairs read and decoded."""
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ignore_pixels: int = 0
+    unmatched_pixels: int = 0
+    """Colour-mask pixels that matched no class colour (counted in `ignore_pixels` too)."""
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        """Human-readable report: counts, the class frequency table and the problems."""
+        labelled = int(self.class_pixels.sum())
+        total = labelled + self.ignore_pixels
+        lines = [
+            f"{self.dataset}",
+            f"  images: {self.num_images}   masks: {self.num_masks}   pairs checked: {self.num_checked}",
+            "",
+            f"  {'id':>3}  {'class':<24} {'pixels':>15} {'share':>8}",
+        ]
+        rows = [(str(i), name, int(n)) for i, (name, n) in enumerate(zip(self.classes.names, self.class_pixels))]
+        rows.append((str(IGNORE_INDEX), "(ignore)", self.ignore_pixels))
+        for index, name, count in rows:
+            share = f"{100 * count / total:7.2f}%" if total else "      -"
+            lines.append(f"  {index:>3}  {name[:24]:<24} {count:>15,} {share}")
+        absent = [name for name, n in zip(self.classes.names, self.class_pixels) if n == 0]
+        if absent and self.num_checked:
+            lines.append(f"  classes with no pixels: {', '.join(absent)}")
+        if self.unmatched_pixels:
+            lines.append(f"  colours matching no class: {self.unmatched_pixels:,} pixels ({100 * self.unmatched_pixels / max(total, 1):.2f}%)")
+        lines.append("")
+        if self.ok:
+            lines.append("  OK: no problems found")
+        else:
+            lines.append(f"  {len(self.problems)} problem(s):")
+            lines.extend(f"    {problem}" for problem in self.problems[:MAX_LISTED_PROBLEMS])
+            if len(self.problems) > MAX_LISTED_PROBLEMS:
+                lines.append(f"    ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more")
+        return "\n".join(lines)
+
+
+def check_dataset(source: FileSource, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
+                  progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Scan every file of `source`; `progress(done, total)` is called after each pair."""
+    report = CheckReport(
+        dataset=f"{source.format_name} dataset at {source.root}, split '{source.split}'",
+        classes=source.classes,
+        class_pixels=np.zeros(source.classes.num_classes, dtype=np.int64),
+    )
+    problems = report.problems
+    for files in source.files():
+        report.num_images += files.image is not None
+        report.num_masks += files.mask is not None
+        if files.image is None and files.mask is None:
+            problems.append(Problem("missing_files", f"sample '{files.name}' is listed but has neither image nor mask"))
+        elif files.mask is None:
+            problems.append(Problem("missing_mask", f"image {files.image} has no mask"))
+        elif files.image is None:
+            problems.append(Problem("orphan_mask", f"mask {files.mask} has no image"))
+    if not source.samples:
+        problems.append(Problem("empty", "no image/mask pairs found"))
+
+    for done, files in enumerate(source.samples, 1):
+        _check_sample(source, files, report, max_unmatched)
+        if progress is not None:
+            progress(done, len(source.samples))
+    return report
+
+
+def _check_sample(source: FileSource, files: SampleFiles, report: CheckReport, max_unmatched: float) -> None:
+    """Read and decode one image/mask pair; add its pixel counts and problems to `report`."""
+    num_classes = source.classes.num_classes
+    try:
+        image, raw = source.read(files)
+    except DataError as exc:
+        report.problems.append(Problem("unreadable", str(exc)))
+        return
+    try:
+        mask, unmatched = source.decode_mask(raw, files.mask)
+    except DataError as exc:
+        report.problems.append(Problem("bad_mask", str(exc)))
+        return
+    report.num_checked += 1
+    mismatch = size_mismatch(image, mask, files)
+    if mismatch:
+        report.problems.append(Problem("size_mismatch", mismatch))
+    histogram = label_histogram(mask)
+    report.class_pixels += histogram[:num_classes]
+    report.ignore_pixels += int(histogram[IGNORE_INDEX])
+    report.unmatched_pixels += unmatched
+    bad = out_of_range(histogram, num_classes)
+    if bad:
+        report.problems.append(Problem("bad_labels", describe_out_of_range(files.mask, bad, num_classes)))
+    if unmatched > max_unmatched * mask.size:
+        report.problems.append(Problem("unknown_colors", f"mask {files.mask}: {100 * unmatched / mask.size:.2f}% of pixels match no class colour"))
+
+
+def run_check(data_config: DataConfig, split: str | None = None, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
+              progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Check `split` (default: the training split) of the dataset described by `data_config`."""
+    if data_config.format == "synthetic":
+        raise DataError("data check scans dataset files; the synthetic format is generated in memory and has none")
+    source = build_source(data_config.format, data_config.root, split or data_config.train_split,
+                          classes_file=data_config.classes_file, options=data_config.options)
+    return check_dataset(source, max_unmatched=max_unmatched, progress=progress)

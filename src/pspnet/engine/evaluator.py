@@ -1,0 +1,30 @@
+"""Evaluation over a dataset split: confusion matrix -> IoU, accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import EvalConfig
+from ..metrics import ConfusionMatrix, SegmentationMetrics
+from .inference import Inferencer
+
+
+def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
+             device: torch.device, progress: bool = True, desc: str = "evaluate") -> SegmentationMetrics:
+    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count."""
+    was_training = model.training
+    model.eval()
+    inferencer = Inferencer(model, settings)
+    confusion = ConfusionMatrix(num_classes)
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        for batch in loader:
+            if not batch:
+                continue
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            confusion.update(inferencer.probabilities(images).argmax(1), masks)
+            bar.update(len(images))
+    model.train(was_training)
+    return confusion.compute(absent=settings.absent)

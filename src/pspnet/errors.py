@@ -1,0 +1,17 @@
+"""Exception types. The CLI prints these as one-line errors instead of tracebacks."""
+
+
+class PSPNetError(Exception):
+    """Base class for every error raised on bad user input."""
+
+
+class ConfigError(PSPNetError, ValueError):
+    """An unknown config key, a value of the wrong type, or a value out of range."""
+
+
+class CheckpointError(PSPNetError):
+    """A checkpoint that is missing, truncated, of an unknown format or that does not match the model."""
+
+
+class DataError(PSPNetError):
+    """An image or mask that is missing, unreadable, or inconsistent with the dataset's classes."""

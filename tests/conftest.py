@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny models and configs that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pspnet.config import Config
+
+torch.set_num_threads(2)
+
+TINY_RESNET = {
+    "encoder": "resnet18_deepstem",
+    "encoder_kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    "decoder_channels": 16,
+    "aux_channels": 8,
+}
+
+
+@pytest.fixture
+def tiny_model_options() -> dict:
+    """PSPNet keyword options for a ResNet-18-shaped model with 8-64 channels."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_RESNET.items()}
+
+
+def tiny_config_dict(**train) -> dict:
+    return {
+        "model": dict(TINY_RESNET),
+        "data": {
+            "format": "synthetic",
+            "synthetic": {"image_size": [48, 48], "num_train": 16, "num_val": 4, "seed": 0},
+            "augment": {"scale": [0.75, 1.25], "rotate": 5, "blur": 0.5, "flip": True, "crop_size": [40, 40]},
+            "num_workers": 0,
+        },
+        "train": {"max_iters": 4, "batch_size": 2, "eval_interval": 2, "checkpoint_interval": 2, "log_interval": 1, **train},
+        "eval": {"batch_size": 4},
+    }
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    return Config.from_dict(tiny_config_dict())

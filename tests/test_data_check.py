@@ -1,0 +1,120 @@
+"""`data check` finds every planted problem in a miniature dataset and names the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pspnet.config import DataConfig
+from pspnet.data.check import check_dataset, run_check
+from pspnet.data.formats import build_source
+from pspnet.errors import DataError
+
+PALETTE = [[128, 64, 128], [0, 0, 142], [220, 20, 60]]
+RNG = np.random.default_rng(0)
+
+
+def save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def clean_dataset(root: Path) -> DataConfig:
+    """Folders layout, split `train`: three images with index masks, one with a colour mask."""
+    classes_file = root / "classes.json"
+    classes_file.write_text(json.dumps({"names": ["road", "car", "person"], "palette": PALETTE, "ignore": 9}))
+    ids = np.zeros((8, 8), dtype=np.uint8)
+    ids[:, 4:] = 1
+    ids[6:, :2] = 9  # custom ignore value
+    for name in ("a", "b", "c"):
+        save(root / "train/images" / f"{name}.jpg", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        save(root / "train/masks" / f"{name}.png", ids)
+    save(root / "train/images/d.jpg", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    save(root / "train/masks/d.png", np.full((8, 8, 3), PALETTE[2], dtype=np.uint8))
+    return DataConfig(format="folders", root=str(root), classes_file=str(classes_file))
+
+
+def test_clean_dataset_is_ok_and_counts_class_pixels(tmp_path):
+    report = run_check(clean_dataset(tmp_path), "train")
+    assert report.ok, report.format()
+    assert (report.num_images, report.num_masks, report.num_checked) == (4, 4, 4)
+    assert report.class_pixels.tolist() == [3 * 28, 3 * 32, 64]
+    assert report.ignore_pixels == 3 * 4 and report.unmatched_pixels == 0
+    text = report.format()
+    for expected in ("road", "car", "person", "(ignore)", "OK"):
+        assert expected in text
+
+
+def test_every_planted_problem_is_reported_with_its_file(tmp_path):
+    config = clean_dataset(tmp_path)
+    train = tmp_path / "train"
+    save(train / "masks/orphan.png", np.zeros((8, 8), dtype=np.uint8))
+    save(train / "images/no_mask.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
+    (train / "images/broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    save(train / "masks/broken.png", np.zeros((8, 8), dtype=np.uint8))
+    save(train / "images/small.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
+    save(train / "masks/small.png", np.zeros((4, 8), dtype=np.uint8))
+    save(train / "images/label7.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
+    save(train / "masks/label7.png", np.full((8, 8), 7, dtype=np.uint8))
+    save(train / "images/odd_colours.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
+    colours = np.full((8, 8, 3), PALETTE[0], dtype=np.uint8)
+    colours[:2] = (255, 255, 0)  # 25% in a colour of no class
+    save(train / "masks/odd_colours.png", colours)
+
+    report = run_check(config, "train")
+    assert not report.ok
+    found = {(problem.kind, file) for problem in report.problems for file in ("orphan.png", "no_mask.jpg", "broken.jpg",
+             "small.png", "label7.png", "odd_colours.png") if file in problem.message}
+    assert found == {
+        ("orphan_mask", "orphan.png"),
+        ("missing_mask", "no_mask.jpg"),
+        ("unreadable", "broken.jpg"),
+        ("size_mismatch", "small.png"),
+        ("bad_labels", "label7.png"),
+        ("unknown_colors", "odd_colours.png"),
+    }
+    assert len(report.problems) == 6
+    assert "label values 7" in next(p.message for p in report.problems if p.kind == "bad_labels")
+    assert "25.00%" in next(p.message for p in report.problems if p.kind == "unknown_colors")
+    assert report.unmatched_pixels == 16
+    text = report.format()
+    assert "6 problem(s)" in text and "orphan.png" in text
+
+
+def test_pairs_check_reports_unknown_colour_fraction(tmp_path):
+    classes_file = tmp_path / "classes.yaml"
+    classes_file.write_text("names: [sky, grass]\npalette: [[0, 0, 255], [0, 255, 0]]\n")
+    mask = np.zeros((4, 4, 3), dtype=np.uint8)
+    mask[:, :2] = (0, 0, 255)
+    mask[:, 2:] = (0, 250, 5)
+    save(tmp_path / "val/1.png", np.concatenate([np.zeros((4, 4, 3), dtype=np.uint8), mask], axis=1))
+    source = build_source("pairs", tmp_path, "val", classes_file=classes_file)
+    clean = check_dataset(source)
+    assert clean.ok and clean.class_pixels.tolist() == [8, 8]
+    strict = check_dataset(build_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 2}))
+    assert [p.kind for p in strict.problems] == ["unknown_colors"]
+    assert "1.png" in strict.problems[0].message and "50.00%" in strict.problems[0].message
+
+
+def test_cityscapes_missing_mask_and_progress(tmp_path):
+    save(tmp_path / "leftImg8bit/val/bonn/bonn_000000_000019_leftImg8bit.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    save(tmp_path / "leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    save(tmp_path / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png", np.full((4, 4), 26, dtype=np.uint8))
+    calls = []
+    report = run_check(DataConfig(format="cityscapes", root=str(tmp_path)), "val", progress=lambda done, total: calls.append((done, total)))
+    assert [p.kind for p in report.problems] == ["missing_mask"]
+    assert "bonn_000001_000019_leftImg8bit.png" in report.problems[0].message
+    assert report.class_pixels[13] == 16 and calls == [(1, 1)]
+
+
+def test_empty_split_and_synthetic_format(tmp_path):
+    config = clean_dataset(tmp_path)
+    (tmp_path / "val/images").mkdir(parents=True)
+    (tmp_path / "val/masks").mkdir()
+    assert [p.kind for p in run_check(config, "val").problems] == ["empty"]
+    with pytest.raises(DataError, match="synthetic"):
+        run_check(DataConfig(), "train")

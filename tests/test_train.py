@@ -1,0 +1,156 @@
+"""Training: poly LR, overfitting, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pspnet import load_model
+from pspnet.checkpoint import create_model, load_checkpoint, read_state_dict, save_checkpoint
+from pspnet.config import Config
+from pspnet.data.build import TrainStream
+from pspnet.engine.trainer import Trainer, build_optimizer
+from pspnet.errors import CheckpointError, ConfigError
+
+from conftest import tiny_config_dict
+
+
+def test_poly_lr_matches_formula_with_10x_head(tiny_config):
+    model = create_model(tiny_config.replace(["model.num_classes=3", "train.max_iters=20"]))
+    optimizer, scheduler = build_optimizer(model, tiny_config.replace(["train.max_iters=20"]))
+    encoder_group, head_group = optimizer.param_groups
+    for iteration in range(20):
+        expected = 0.01 * (1 - iteration / 20) ** 0.9
+        assert encoder_group["lr"] == pytest.approx(expected, rel=1e-12)
+        assert head_group["lr"] == pytest.approx(10 * expected, rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+    assert encoder_group["lr"] == 0.0
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 1e-4
+
+
+def test_train_stream_resumes_mid_epoch():
+    full = TrainStream(10, 3, seed=7)
+    batches = [b for b, _ in zip(full, range(9))]
+    resumed = TrainStream(10, 3, seed=7, start_iter=4)
+    assert [b for b, _ in zip(resumed, range(5))] == batches[4:]
+    first_epoch = [index for batch in batches for index, _ in batch][:10]
+    assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_overfits_a_tiny_batch(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=60, eval_interval=60, checkpoint_interval=60, log_interval=5))
+    cfg = cfg.replace(["data.synthetic.num_train=2", "data.synthetic.num_val=2", "data.augment.scale=null",
+                       "data.augment.rotate=0", "data.augment.blur=0", "data.augment.flip=false",
+                       "data.augment.crop_size=[48, 48]", "train.base_lr=0.02", "model.dropout=0"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.val_set.source = trainer.train_set.source  # evaluate on the very images it trains on
+    before = trainer.validate().miou
+    trainer.train()
+    losses = np.loadtxt(tmp_path / "run" / "train_log.csv", delimiter=",", skiprows=1, usecols=1)
+    assert losses[-1] < 0.5 * losses[0]
+    assert trainer.best_miou > before + 0.2
+
+
+def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=6, eval_interval=3, checkpoint_interval=2))
+    straight = Trainer(cfg, tmp_path / "straight", progress=False)
+    straight.train()
+
+    crashing = Trainer(cfg, tmp_path / "crashed", progress=False)
+
+    def crash(trainer, iteration):
+        if iteration == 3:  # one iteration past the checkpoint at 2: its work is lost, as in a kill
+            raise RuntimeError("simulated crash")
+
+    crashing.callbacks.append(crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.train()
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.safetensors")[2]["iteration"] == 2
+
+    resumed = Trainer(cfg, tmp_path / "crashed", resume=True, progress=False)
+    assert resumed.iteration == 2
+    resumed.train()
+    expected, actual = _weights(straight.model), _weights(resumed.model)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    iterations = np.loadtxt(tmp_path / "crashed" / "train_log.csv", delimiter=",", skiprows=1, usecols=0)
+    assert iterations.tolist() == [1, 2, 3, 4, 5, 6]  # the lost iteration 3 is logged once
+
+
+def test_stop_request_saves_and_resumes(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=4, eval_interval=4, checkpoint_interval=4))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.callbacks.append(lambda t, it: t.request_stop() if it == 1 else None)
+    result = trainer.train()
+    assert result.stopped_early and result.iteration == 1
+    resumed = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
+    assert resumed.iteration == 1
+    assert resumed.train().iteration == 4
+
+
+def test_resume_rejects_changed_config_and_existing_run(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=2))
+    Trainer(cfg, tmp_path / "run", progress=False).train()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="differs from the run's .* in model.dropout"):
+        Trainer(cfg.replace(["model.dropout=0.3"]), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="no resume state"):
+        Trainer(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, tiny_model_options, monkeypatch):
+    cfg = Config.from_dict(tiny_config_dict()).replace(["model.num_classes=3"])
+    model = create_model(cfg)
+    path = save_checkpoint(tmp_path / "model.safetensors", model, cfg)
+    original = path.read_bytes()
+
+    def broken_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pspnet.checkpoint.save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, cfg)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+
+
+def test_save_load_predict_is_bit_identical(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict()).replace(["model.num_classes=4"])
+    model = create_model(cfg).eval()
+    for module in model.modules():  # non-default BN statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, cfg, iteration=5)
+    loaded = load_model(path)
+    assert not loaded.training
+    x = torch.randn(2, 3, 45, 51)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    image = np.random.default_rng(1).integers(0, 255, (45, 51, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(model.predict(image), loaded.predict(image))
+    assert read_state_dict(path).keys() == model.state_dict().keys()
+
+
+def test_bad_checkpoints_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path / "missing.safetensors")
+    cfg = Config.from_dict(tiny_config_dict()).replace(["model.num_classes=3"])
+    path = save_checkpoint(tmp_path / "m.safetensors", create_model(cfg), cfg)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(truncated)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pth: cannot be read as a checkpoint"):
+        load_model(garbage)
