@@ -115,7 +115,16 @@ def create_model(config: Config | ModelConfig, classes: ClassInfo | None = None)
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
-    """A native checkpoint's model (eval mode), resolved config and metadata."""
+    """A checkpoint's model (eval mode), resolved config and metadata.
+
+    The format is detected from the file's contents: a native file carries its config; a semseg or
+    mmsegmentation file gets one inferred from its tensors (see `pspnet.convert.load_reference`).
+    """
+    path = _existing(path)
+    if not _is_safetensors(path):
+        from .convert import load_reference
+
+        return load_reference(path)
     meta = read_metadata(path)
     try:
         config = Config.from_dict(meta["config"], source=str(path))
@@ -146,10 +155,6 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
 def load_model(path: str | Path) -> torch.nn.Module:
     """An eval-mode model from a checkpoint file; `forward(x)` gives logits (N, K, H, W) at the input size.
 
-    The format is detected from the file's contents, not its name.
+    The format (pspnet, semseg or mmsegmentation) is detected from the file's contents, not its name.
     """
-    path = _existing(path)
-    if _is_safetensors(path):
-        return load_checkpoint(path)[0]
-    load_torch_file(path)  # raises a CheckpointError for anything that is not a weights file
-    raise CheckpointError(f"{path}: a torch file, but not a checkpoint layout pspnet knows")
+    return load_checkpoint(path)[0]

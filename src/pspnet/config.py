@@ -29,15 +29,23 @@ class ModelConfig:
     encoder: str = "resnet50_deepstem"
     """Encoder name: see `pspnet models`. Default: ResNet-50 with the 64-64-128 deep stem (PSPNet's)."""
     encoder_weights: str | None = None
-    """None (random init), `imagenet` (timm's pretrained weights, needs internet) or a local file path."""
+    """None (random init), `imagenet` (timm's ImageNet weights, downloaded once and cached) or the path of
+    a local timm/torchvision state dict (.safetensors or .pth)."""
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the timm encoder constructor (e.g. `drop_path_rate`)."""
     output_stride: int = 8
-    """Encoder output stride: 8 (the paper's dilated ResNet), 16 or 32."""
-    dilation_style: Literal["contracted", "uniform"] = "contracted"
+    """Encoder output stride: 8 (the paper's dilated ResNet), 16 or 32. Encoders that cannot dilate
+    (Swin, some timm models) run at their native stride when this is left at the default 8; any
+    other value they cannot reach is an error."""
+    dilation_style: Literal["contracted", "uniform", "mmseg"] = "contracted"
     """`contracted`: the first block of a dilated stage uses half the dilation (timm, mmseg);
-    `uniform`: every block of the stage uses the full dilation (semseg, the authors' code)."""
+    `uniform`: every block of the stage uses the full dilation (semseg, the authors' code);
+    `mmseg`: `contracted`, but a basic block (ResNet-18/34) dilates only its first 3x3 conv, as
+    mmseg's BasicBlock does (bottleneck blocks are as in `contracted`)."""
     in_channels: int = 3
+    """Input channels (e.g. 1 for grey, 4 for RGB + infrared); data.mean/std need one value per channel."""
+    width_multiplier: float | None = None
+    """MobileNetV2 width multiplier in [0.25, 2.0] (encoder `mobilenetv2`); default 1.0."""
     num_classes: int | None = None
     """Filled in from the dataset when left empty."""
     use_ppm: bool = True
@@ -49,14 +57,26 @@ class ModelConfig:
     """Channels of the 3x3 fusion conv after the PPM; 0 removes the fusion conv (the seed's lite model)."""
     classifier_kernel: int = 1
     dropout: float = 0.1
+    """Dropout2d probability right before the classifier."""
+    decoder: Literal["psp", "progressive"] = "psp"
+    """`psp`: classify at the encoder's stride (the paper); `progressive`: after the PPM and fusion,
+    x2 upsampling stages of conv3x3-BN-PReLU (`progressive_channels`, seed 001's decoder)."""
+    progressive_channels: list[int] = field(default_factory=lambda: [256, 64, 64])
+    """Output channels of the progressive decoder's x2 stages, one entry per stage."""
+    upsample: Literal["bilinear", "transposed"] = "bilinear"
+    """Decoder upsampling: `bilinear`, or `transposed` (learned depthwise transposed convs initialised
+    to bilinear): of the logits for the `psp` decoder, in each stage for `progressive`."""
     align_corners: bool = False
     """Bilinear upsampling convention. semseg uses True, mmseg and torchvision False."""
     ppm_feature: int = -1
     """Index of the encoder feature map that feeds the PPM (negative counts from the deepest)."""
-    aux: Literal["seg", "none"] = "seg"
-    """Auxiliary head used in training only: `seg` is the paper's FCN head on the stage-3 features."""
+    aux: Literal["seg", "none", "cls", "both"] = "seg"
+    """Auxiliary heads, used in training only, on the `aux_feature` map: `seg` is the paper's FCN head
+    (loss weight train.aux_weight); `cls` the image-level class-presence classifier of seed 001 (BCE,
+    train.cls_weight); `both`; or `none`."""
     aux_feature: int = -2
     aux_channels: int = 256
+    """Width of the aux FCN head's conv and of the class-presence classifier's hidden layer."""
 
     def __post_init__(self) -> None:
         _check(self.output_stride in (1, 2, 4, 8, 16, 32), "model.output_stride", "one of 1, 2, 4, 8, 16, 32", self.output_stride)
@@ -68,6 +88,8 @@ class ModelConfig:
         _check(self.decoder_channels >= 0, "model.decoder_channels", "a non-negative int", self.decoder_channels)
         _check(self.classifier_kernel in (1, 3), "model.classifier_kernel", "1 or 3", self.classifier_kernel)
         _check(self.aux_channels >= 1, "model.aux_channels", "a positive int", self.aux_channels)
+        _check(self.width_multiplier is None or 0.25 <= self.width_multiplier <= 2.0, "model.width_multiplier", "a float in [0.25, 2.0] or null", self.width_multiplier)
+        _check(len(self.progressive_channels) > 0 and min(self.progressive_channels) >= 1, "model.progressive_channels", "a non-empty list of positive ints", self.progressive_channels)
 
 
 @dataclass
@@ -142,6 +164,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     aux_weight: float = 0.4
+    cls_weight: float = 1.0
+    """Weight of the class-presence BCE loss (model.aux `cls` or `both`); 1.0 as in seed 001's training code."""
     log_interval: int = 10
     eval_interval: int = 250
     checkpoint_interval: int = 250
@@ -158,27 +182,95 @@ class TrainConfig:
         for key in ("log_interval", "eval_interval", "checkpoint_interval"):
             _check(getattr(self, key) >= 1, f"train.{key}", "a positive int", getattr(self, key))
         _check(self.aux_weight >= 0, "train.aux_weight", "a non-negative float", self.aux_weight)
+        _check(self.cls_weight >= 0, "train.cls_weight", "a non-negative float", self.cls_weight)
 
 
 @dataclass
 class EvalConfig:
-    """Inference protocol and metric conventions for evaluation and prediction."""
+    """Inference protocol and metric conventions for evaluation and prediction.
 
-    mode: Literal["whole", "slide"] = "whole"
-    crop_size: list[int] | None = None
-    """Sliding-window size [h, w] (mode `slide`)."""
-    stride: list[int] | None = None
-    """Sliding-window stride [h, w]; default ceil(2/3 of the crop)."""
-    scales: list[float] = field(default_factory=lambda: [1.0])
-    flip: bool = False
+    `protocol` names a preset of `PROTOCOLS` (documented in docs/evaluation.md). It fills the
+    inference settings (`mode` to `flip`) that are not given explicitly; those given win. Settings
+    left unset without a protocol take the defaults in `DEFAULTS` (whole image, scale 1, no flip).
+    """
+
+    _UNSET: typing.ClassVar[Any] = object()  # default of the settings a protocol can fill
+    DEFAULTS: typing.ClassVar[dict[str, Any]] = dict(mode="whole", crop_size=None, stride=None, base_size=None, resize="long", scales=[1.0], flip=False)
+    _SIX_SCALES: typing.ClassVar[list[float]] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    PROTOCOLS: typing.ClassVar[dict[str, dict[str, Any]]] = {  # settings not listed take DEFAULTS
+        "semseg-cityscapes": dict(mode="slide", crop_size=[713, 713], base_size=2048, flip=True),
+        "semseg-cityscapes-ms": dict(mode="slide", crop_size=[713, 713], base_size=2048, scales=_SIX_SCALES, flip=True),
+        "semseg-ade20k": dict(mode="slide", crop_size=[473, 473], base_size=512, flip=True),
+        "semseg-ade20k-ms": dict(mode="slide", crop_size=[473, 473], base_size=512, scales=_SIX_SCALES, flip=True),
+        "semseg-voc": dict(mode="slide", crop_size=[473, 473], base_size=512, flip=True),
+        "semseg-voc-ms": dict(mode="slide", crop_size=[473, 473], base_size=512, scales=_SIX_SCALES, flip=True),
+        "mmseg-whole": dict(mode="whole"),
+        "mmseg-whole-ms": dict(mode="whole", scales=_SIX_SCALES, flip=True),
+        "mmseg-ade20k": dict(mode="whole", base_size=512, resize="short"),
+    }
+
+    protocol: str | None = None
+    """Preset name, e.g. `semseg-cityscapes` (see `PROTOCOLS`); null: the settings below alone."""
+    mode: Literal["whole", "slide"] = _UNSET
+    """`whole`: the full image at once; `slide`: overlapping `crop_size` windows. Default whole."""
+    crop_size: list[int] | None = _UNSET
+    """Sliding-window size [h, w] (mode `slide`). Smaller images are padded with the mean colour,
+    evenly on both sides (the extra pixel at the bottom/right), and the probabilities cropped back."""
+    stride: list[int] | None = _UNSET
+    """Sliding-window stride [h, w], at most the crop; null: ceil(2/3 of the crop), as in the paper and
+    semseg (713 -> 476, 473 -> 316). The last window is aligned to the border."""
+    base_size: int | None = _UNSET
+    """With `resize`, sets the image size at each scale: that side = round(scale * base_size), the aspect
+    ratio kept. Null: each scale is a factor of the original size."""
+    resize: Literal["long", "short"] = _UNSET
+    """Which side `base_size` sets: `long` (semseg) or `short` (mmseg-style). Default long."""
+    scales: list[float] = _UNSET
+    """Test scales; probabilities are averaged at the original size. Default [1.0]."""
+    flip: bool = _UNSET
+    """Average with the horizontally flipped image's probabilities. Default false."""
+    window_batch: int = 1
+    """Windows per forward pass in `slide` mode (flip doubles the batch)."""
     batch_size: int = 1
     absent: Literal["exclude", "zero"] = "exclude"
     """Classes absent from ground truth and prediction: `exclude` from the mean (mmseg, Cityscapes)
     or count as IoU 0 (semseg)."""
 
     def __post_init__(self) -> None:
+        preset = self.protocol_settings(self.protocol) if self.protocol is not None else self.DEFAULTS
+        for key in self.DEFAULTS:
+            if getattr(self, key) is self._UNSET:
+                setattr(self, key, _deepcopy(preset[key]))
+        for key in ("crop_size", "stride"):
+            value = getattr(self, key)
+            _check(value is None or (len(value) == 2 and min(value) >= 1), f"eval.{key}", "[height, width] of positive ints, or null", value)
+        _check(self.mode == "whole" or self.crop_size is not None, "eval.crop_size", "[height, width] (required by eval.mode slide)", self.crop_size)
+        _check(self.stride is None or self.crop_size is None or all(s <= c for s, c in zip(self.stride, self.crop_size)),
+               "eval.stride", f"at most the crop size {self.crop_size} (larger strides leave pixels uncovered)", self.stride)
+        _check(self.base_size is None or self.base_size >= 1, "eval.base_size", "a positive int or null", self.base_size)
         _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "eval.scales", "a non-empty list of positive floats", self.scales)
+        _check(self.window_batch >= 1, "eval.window_batch", "a positive int", self.window_batch)
         _check(self.batch_size >= 1, "eval.batch_size", "a positive int", self.batch_size)
+
+    @classmethod
+    def protocol_settings(cls, name: str) -> dict[str, Any]:
+        """Every setting that protocol `name` fixes (`mode` to `flip`)."""
+        if name not in cls.PROTOCOLS:
+            raise ConfigError(f"eval.protocol: unknown protocol {name!r}; choose one of {', '.join(cls.PROTOCOLS)}")
+        return _deepcopy({**cls.DEFAULTS, **cls.PROTOCOLS[name]})
+
+    def changed_from_protocol(self) -> list[str]:
+        """Settings that differ from the named protocol's (empty without a protocol)."""
+        if self.protocol is None:
+            return []
+        preset = self.protocol_settings(self.protocol)
+        return [key for key in preset if getattr(self, key) != preset[key]]
+
+    @property
+    def window_stride(self) -> tuple[int, int]:
+        """The effective sliding-window stride: `stride`, or ceil(2/3 * crop_size)."""
+        if self.stride is not None:
+            return self.stride[0], self.stride[1]
+        return (2 * self.crop_size[0] + 2) // 3, (2 * self.crop_size[1] + 2) // 3
 
 
 @dataclass
@@ -189,6 +281,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        channels = self.model.in_channels
+        if len(self.data.mean) != channels:
+            raise ConfigError(f"data.mean/std: {len(self.data.mean)} values but model.in_channels is {channels}; give one "
+                              f"value per input channel, e.g. data.mean={[0.449] * channels} data.std={[0.226] * channels}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

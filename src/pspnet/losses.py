@@ -9,19 +9,37 @@ from torch import nn
 from .classes import IGNORE_INDEX
 
 
-class PSPLoss(nn.Module):
-    """`CE(out) + aux_weight * CE(aux)`, as in the paper (aux_weight 0.4, auxiliary head in training only)."""
+def class_presence(target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(N, K) float targets: 1 where class k labels at least one pixel of mask n; ignored pixels do not count."""
+    labels = target.flatten(1).long()
+    labels = torch.where(labels == ignore_index, num_classes, labels)  # ignored pixels go to an extra slot
+    present = torch.zeros(labels.shape[0], num_classes + 1, device=target.device)
+    present.scatter_(1, labels, 1.0)
+    return present[:, :num_classes]
 
-    def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX):
+
+class PSPLoss(nn.Module):
+    """`CE(out) + aux_weight * CE(aux) + cls_weight * BCE(cls, class_presence(target))`.
+
+    The paper's loss is the first two terms (aux_weight 0.4); the third is seed 001's image-level
+    class-presence loss. Each auxiliary term counts only when the model returned that output.
+    """
+
+    def __init__(self, aux_weight: float = 0.4, cls_weight: float = 1.0, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.aux_weight = aux_weight
+        self.cls_weight = cls_weight
         self.ignore_index = ignore_index
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns `loss` (the total to backpropagate) and each term (`main`, `aux`)."""
+        """Returns `loss` (the total to backpropagate) and each term (`main`, `aux`, `cls`)."""
         terms = {"main": F.cross_entropy(outputs["out"], target, ignore_index=self.ignore_index)}
         total = terms["main"]
         if "aux" in outputs and self.aux_weight > 0:
             terms["aux"] = F.cross_entropy(outputs["aux"], target, ignore_index=self.ignore_index)
             total = total + self.aux_weight * terms["aux"]
+        if "cls" in outputs and self.cls_weight > 0:
+            presence = class_presence(target, outputs["cls"].shape[1], self.ignore_index)
+            terms["cls"] = F.binary_cross_entropy_with_logits(outputs["cls"], presence)
+            total = total + self.cls_weight * terms["cls"]
         return {"loss": total, **terms}

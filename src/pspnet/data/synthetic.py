@@ -57,7 +57,7 @@ PIXEL_NOISE = 6.0
 SHEET_NOISE = 8.0
 """Std of the grain of the bed sheet (and of the pillow, which shares it)."""
 PILLOW_SHIFT = (2.5, 5.0)
-"""Range of the brightness offset of a pillow (or a folded sheet) from its sheet, either sign."""
+"""Range of the brightness a pillow (or a folded sheet) adds to its sheet: well below the noise."""
 
 VEHICLE_PAINTS = ((200, 45, 40), (230, 230, 225), (235, 195, 45), (45, 80, 165), (45, 125, 70), (230, 120, 35), (120, 120, 128))
 WALL_PAINTS = ((150, 170, 140), (190, 125, 100), (115, 135, 165), (200, 170, 95), (160, 140, 175))
@@ -173,8 +173,7 @@ def _pick(rng: np.random.Generator, colours, amount: float) -> np.ndarray:
 
 def _outdoor(canvas: _Canvas, rng: np.random.Generator, harbour: bool) -> None:
     """Harbour (water, boat) or street (road, car); everything else is drawn by the same rules."""
-    height = canvas.height
-    horizon = height * rng.uniform(0.58, 0.72)
+    horizon = canvas.height * rng.uniform(0.58, 0.72)
     _sky(canvas, rng, horizon)
     _skyline(canvas, rng, horizon)
     if harbour:
@@ -250,9 +249,9 @@ def _vehicle(canvas: _Canvas, rng: np.random.Generator, label: int) -> None:
     height, width = canvas.height, canvas.width
     length = width * rng.uniform(0.35, 0.65)
     left = rng.uniform(0.02 * width, 0.98 * width - length)
-    bottom = height * rng.uniform(0.82, 0.96)
-    hull_top = bottom - height * rng.uniform(0.14, 0.22)
-    cabin_top = hull_top - height * rng.uniform(0.09, 0.14)
+    bottom = height * rng.uniform(0.86, 0.97)
+    hull_top = bottom - height * rng.uniform(0.18, 0.28)
+    cabin_top = hull_top - height * rng.uniform(0.1, 0.15)
     cabin_length = length * rng.uniform(0.45, 0.65)
     cabin_left = left + (length - cabin_length) * rng.uniform(0.15, 0.85)
 
@@ -338,18 +337,18 @@ def _bed(canvas: _Canvas, rng: np.random.Generator) -> None:
     texture = sheet + rng.normal(0, SHEET_NOISE, (len(ys), xs.shape[1], 1)).astype(np.float32)
     canvas.paint(where, texture, BED)
 
-    pillow_end, fold_start = rng.uniform(0.2, 0.28), 1 - rng.uniform(0.2, 0.28)
+    pillow_end, fold_start = rng.uniform(0.22, 0.27), 1 - rng.uniform(0.22, 0.27)
     for label, start, end in ((PILLOW, 0.0, pillow_end), (BED, fold_start, 1.0)):
         patch_left, patch_right = span(start, end)
-        patch_bottom = sheet_top + (sheet_bottom - sheet_top) * rng.uniform(0.55, 0.8)
+        patch_bottom = sheet_top + (sheet_bottom - sheet_top) * rng.uniform(0.65, 0.75)
         inside = _rounded_box(ys, xs, sheet_top, patch_left, patch_bottom, patch_right, 4)
-        shift = rng.uniform(*PILLOW_SHIFT) * rng.choice((-1.0, 1.0))
+        shift = rng.uniform(*PILLOW_SHIFT)
         canvas.paint(where, texture + np.float32(shift), label, inside=inside)
 
-    blanket_start, blanket_end = pillow_end + rng.uniform(0.06, 0.14), fold_start - rng.uniform(0.06, 0.14)
-    hem_end = blanket_start + rng.uniform(0.04, 0.06)
+    blanket_start, blanket_end = pillow_end + rng.uniform(0.04, 0.1), fold_start - rng.uniform(0.04, 0.1)
+    hem_end = blanket_start + rng.uniform(0.05, 0.07)
     blanket = _pick(rng, BLANKET_COLOURS, 12)
-    for start, end, colour in ((blanket_start, blanket_end, blanket), (blanket_start, hem_end, (blanket + 255) / 2)):
+    for start, end, colour in ((blanket_start, blanket_end, blanket), (blanket_start, hem_end, (blanket + 2 * 235) / 3)):
         cover_left, cover_right = span(start, end)
         where, ys, xs = canvas.box(sheet_top, cover_left, sheet_bottom + (bottom - sheet_bottom) * 0.5, cover_right)
         stripes = 1.0 + 0.2 * ((ys // 4) % 2)

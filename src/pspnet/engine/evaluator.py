@@ -10,6 +10,14 @@ from ..config import EvalConfig
 from ..metrics import ConfusionMatrix, SegmentationMetrics
 from .inference import Inferencer
 
+# images/s always (tqdm would switch to s/img below 1 img/s) and the remaining time
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+
+
+def progress_bar(total: int, desc: str, enabled: bool, leave: bool = True) -> tqdm:
+    """A progress bar over images showing images/s and the ETA."""
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=leave, dynamic_ncols=True, bar_format=PROGRESS_FORMAT)
+
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
              device: torch.device, progress: bool = True, desc: str = "evaluate") -> SegmentationMetrics:
@@ -18,7 +26,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, setti
     model.eval()
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
-    with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+    with progress_bar(len(loader.dataset), desc, progress, leave=False) as bar:
         for batch in loader:
             if not batch:
                 continue

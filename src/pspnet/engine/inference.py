@@ -1,7 +1,17 @@
-"""Turning a model into class probabilities for whole images.
+"""Turning a model into class probabilities for whole images, under a test-time protocol.
 
-`Inferencer` implements the test-time protocol configured by `EvalConfig`: the image at each
-scale, optionally flipped, with softmax probabilities averaged at the original resolution.
+`Inferencer` implements the protocol configured by `EvalConfig` (see docs/evaluation.md):
+
+1. For each scale, the image is resized (bilinear) to the size `scaled_size` gives.
+2. At that size the model sees either the whole image (`whole`) or overlapping crops (`slide`):
+   windows of `crop_size` every `stride` pixels, the last one aligned to the bottom/right border
+   (`window_starts`). An image smaller than the crop is padded with the mean colour (0 after
+   normalisation), split evenly between top/bottom and left/right as semseg does, and the
+   probabilities are cropped back. Window probabilities are summed with a count map and divided
+   by it, so overlaps are averaged. Windows go through the model `window_batch` at a time.
+3. With `flip`, each input is also run mirrored and the two softmax maps averaged.
+4. Each scale's probabilities are resized back to the original size and added to one running
+   sum, so memory holds a few probability maps whatever the number of scales.
 """
 
 from __future__ import annotations
@@ -30,6 +40,45 @@ def load_image_array(image: Any) -> np.ndarray:
     return array
 
 
+def scaled_size(height: int, width: int, scale: float, base_size: int | None = None, resize: str = "long") -> tuple[int, int]:
+    """Image size (h, w) at `scale`.
+
+    Without `base_size` both sides are multiplied by `scale`. With it, the `long` (or `short`) side
+    becomes round(scale * base_size) and the other side keeps the aspect ratio, rounded
+    (Python's round, as semseg computes it).
+    """
+    if base_size is None:
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    target = round(scale * base_size)
+    height_is_set = height > width if resize == "long" else height < width
+    if height_is_set:
+        return target, max(1, round(target / height * width))
+    return max(1, round(target / width * height)), target
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of `length` (>= crop) pixels.
+
+    Windows start every `stride` pixels; the last one is moved back to end at the border, so
+    ceil((length - crop) / stride) + 1 windows cover every pixel.
+    """
+    count = -(-(length - crop) // stride) + 1
+    return [min(index * stride, length - crop) for index in range(count)]
+
+
+def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of the windows over an image padded to at least the crop size."""
+    rows = window_starts(max(height, crop[0]), crop[0], stride[0])
+    columns = window_starts(max(width, crop[1]), crop[1], stride[1])
+    return [(y, x) for y in rows for x in columns]
+
+
+def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(tensor.shape[-2:]) == size:
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+
+
 class Inferencer:
     """Class probabilities (N, K, H, W) of normalised image batches under an evaluation protocol."""
 
@@ -37,22 +86,44 @@ class Inferencer:
         self.model = model
         self.settings = settings or EvalConfig()
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.model(x).float().softmax(1)
-        if self.settings.flip:
-            probs = probs + self.model(x.flip(-1)).float().softmax(1).flip(-1)
-            probs = probs / 2
-        return probs
+    def _softmax(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax of the model's logits, averaged with those of the mirrored batch when flipping."""
+        if not self.settings.flip:
+            return self.model(batch).float().softmax(1)
+        probs = self.model(torch.cat([batch, batch.flip(-1)])).float().softmax(1)
+        count = len(batch)
+        return probs[:count].add_(probs[count:].flip(-1)).div_(2)
+
+    def _slide(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities from overlapping windows, averaged where they overlap."""
+        crop_h, crop_w = self.settings.crop_size
+        count, _, height, width = images.shape
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        top, left = pad_h // 2, pad_w // 2
+        padded = F.pad(images, (left, pad_w - left, top, pad_h - top))  # 0 = the mean colour once normalised
+        windows = window_grid(height, width, (crop_h, crop_w), self.settings.window_stride)
+        total = None
+        coverage = images.new_zeros((1, 1, height + pad_h, width + pad_w))
+        for first in range(0, len(windows), self.settings.window_batch):
+            chunk = windows[first : first + self.settings.window_batch]
+            probs = self._softmax(torch.cat([padded[..., y : y + crop_h, x : x + crop_w] for y, x in chunk]))
+            if total is None:
+                total = probs.new_zeros((count, probs.shape[1], height + pad_h, width + pad_w))
+            for index, (y, x) in enumerate(chunk):
+                total[..., y : y + crop_h, x : x + crop_w] += probs[index * count : (index + 1) * count]
+                coverage[..., y : y + crop_h, x : x + crop_w] += 1
+        return total.div_(coverage)[..., top : top + height, left : left + width]
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Average softmax probabilities over the protocol's scales (and flips) at the input's size."""
+        settings = self.settings
         height, width = images.shape[-2:]
         total = None
-        for scale in self.settings.scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            probs = self._forward(scaled)
-            if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-            total = probs if total is None else total + probs
-        return total / len(self.settings.scales)
+        for scale in settings.scales:
+            scaled = _resize(images, scaled_size(height, width, scale, settings.base_size, settings.resize))
+            probs = self._slide(scaled) if settings.mode == "slide" else self._softmax(scaled)
+            probs = _resize(probs, (height, width))
+            total = probs if total is None else total.add_(probs)
+            del scaled, probs  # free this scale's maps before the next one is computed
+        return total.div_(len(settings.scales))

@@ -100,7 +100,7 @@ class Trainer:
         self.model = create_model(config, self.classes).to(self.device)
         self.config.model.num_classes = self.classes.num_classes
         self.optimizer, self.scheduler = build_optimizer(self.model, config)
-        self.criterion = PSPLoss(aux_weight=train.aux_weight)
+        self.criterion = PSPLoss(aux_weight=train.aux_weight, cls_weight=train.cls_weight)
         self.iteration = 0
         self.best_miou: float | None = None
         if resume:

@@ -7,6 +7,7 @@ PSPNet paper and semseg, `resnet{D}_v1c` the 32-32-64 stem of mmsegmentation's R
 from __future__ import annotations
 
 import timm
+from timm.models.resnet import BasicBlock
 from torch import nn
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
@@ -38,7 +39,24 @@ def make_uniform_dilation(model: nn.Module, output_stride: int) -> None:
         for block in getattr(model, f"layer{index + 1}"):
             for conv in (block.conv1, block.conv2):  # the 3x3 convs of basic and bottleneck blocks
                 if conv.kernel_size == (3, 3):
-                    conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+                    _set_dilation(conv, dilation)
+
+
+def undilate_basic_conv2(model: nn.Module) -> None:
+    """Give the second 3x3 conv of every basic block dilation 1, as mmseg's BasicBlock does.
+
+    timm dilates both 3x3 convs of a basic block; mmseg dilates only the first. Bottleneck blocks,
+    whose single 3x3 conv is `conv2`, are left alone.
+    """
+    for index in range(1, 5):
+        for block in getattr(model, f"layer{index}"):
+            if isinstance(block, BasicBlock):
+                _set_dilation(block.conv2, 1)
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    """Dilate a 3x3 conv, keeping its output size (padding = dilation)."""
+    conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
 
 
 def build_resnet(depth: int, stem: str, *, output_stride: int, in_channels: int, pretrained: bool,
@@ -55,4 +73,6 @@ def build_resnet(depth: int, stem: str, *, output_stride: int, in_channels: int,
     )
     if dilation_style == "uniform":
         make_uniform_dilation(model, output_stride)
+    elif dilation_style == "mmseg":
+        undilate_basic_conv2(model)
     return model

@@ -1,0 +1,142 @@
+"""Encoder weights: local state dicts (timm, torchvision, ours) and timm's ImageNet weights.
+
+Keys are matched after normalisation, so a full classification model's state dict loads into a
+`features_only` encoder: wrapper prefixes (`module.`, `backbone.`, `encoder.`, `body.`, `model.`)
+are dropped and `.` and `_` are treated alike (timm's feature wrappers rename `layers.0` to
+`layers_0`). Keys the encoder does not use (the classifier, a final norm) are reported, not fatal;
+missing keys and wrong shapes are errors. A 3-channel first conv is adapted to other `in_channels`
+as timm does (summed for 1 channel, repeated and rescaled otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.", "body.", "model.")
+HUB_TIMEOUT_S = 3.0
+"""How long `encoder_weights: imagenet` waits for a connection before giving up."""
+
+
+@dataclass
+class LoadReport:
+    """What a weights file gave the encoder."""
+
+    loaded: int
+    unused: list[str]
+    adapted: list[str]
+
+
+def _normalize(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key.replace(".", "_")
+
+
+def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A 3-channel first-conv weight adapted to `shape`'s input channels, or None if that is not the case."""
+    if weight.ndim != 4 or weight.shape[1] != 3 or weight.shape[:1] + weight.shape[2:] != shape[:1] + shape[2:]:
+        return None
+    return timm.models.adapt_input_conv(shape[1], weight)
+
+
+def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Load `state` into `encoder`, matching keys as the module docstring says."""
+    own = encoder.state_dict()
+    by_name = {_normalize(key): key for key in state}
+    tensors, missing, mismatched, adapted = {}, [], [], []
+    for key, target in own.items():
+        name = by_name.get(_normalize(key))
+        if name is None:
+            if not key.endswith("num_batches_tracked"):  # absent from older torchvision files
+                missing.append(key)
+            continue
+        tensor = state[name]
+        if tensor.shape != target.shape:
+            tensor = _adapt_input_conv(tensor, target.shape)
+            if tensor is None:
+                mismatched.append(f"{key}: file {tuple(state[name].shape)} vs encoder {tuple(target.shape)}")
+                continue
+            adapted.append(key)
+        tensors[key] = tensor
+    if missing or mismatched:
+        lines = [f"encoder weights {source} do not match the encoder ({len(tensors)} of {len(own)} tensors matched):"]
+        for title, keys in (("missing", missing), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CheckpointError("\n".join(lines))
+    encoder.load_state_dict(tensors, strict=False)
+    used = {by_name[_normalize(key)] for key in tensors}
+    unused = sorted(key for key in state if key not in used)
+    if unused:
+        shown = ", ".join(unused[:8]) + (", ..." if len(unused) > 8 else "")
+        log.info("encoder weights %s: %d tensors the encoder does not use (classifier etc.): %s", source, len(unused), shown)
+    return LoadReport(len(tensors), unused, adapted)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> LoadReport:
+    """Load a local `.safetensors` or torch file (read with `weights_only=True`) into the encoder."""
+    from ...checkpoint import read_state_dict
+
+    return load_encoder_state(encoder, read_state_dict(path), str(path))
+
+
+def _weights_cached(pretrained_cfg) -> bool:
+    """Whether timm's weights are already in the Hugging Face or torch hub cache (no network needed)."""
+    if pretrained_cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        filename = getattr(pretrained_cfg, "hf_hub_filename", None)
+        files = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(pretrained_cfg.hf_hub_id, name), str) for name in files):
+            return True
+    if pretrained_cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pretrained_cfg.url).path).name).is_file()
+    return False
+
+
+def _unreachable(url: str) -> str | None:
+    """Why `url`'s host cannot be reached within HUB_TIMEOUT_S, or None when it can."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{parsed.hostname}:{port} cannot be reached ({exc or type(exc).__name__})"
+    return None
+
+
+def imagenet_state_dict(arch: str, in_channels: int) -> dict[str, torch.Tensor]:
+    """timm's ImageNet weights of `arch` (downloaded and cached by timm); fails fast when offline."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(arch)
+    if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
+        raise ConfigError(f"model.encoder_weights: timm has no ImageNet weights for {arch}; pass a local file instead")
+    if not _weights_cached(pretrained_cfg):
+        url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if pretrained_cfg.hf_hub_id else pretrained_cfg.url
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        reason = "HF_HUB_OFFLINE is set" if offline else _unreachable(url)
+        if reason:
+            raise ConfigError(
+                f"model.encoder_weights: 'imagenet' downloads timm's {arch} weights, but {reason}. "
+                f"On a machine with internet access run: python -c \"import timm, safetensors.torch as st; "
+                f"st.save_file(timm.create_model('{arch}', pretrained=True).state_dict(), '{arch}.safetensors')\" "
+                f"and set model.encoder_weights: /path/to/{arch}.safetensors"
+            )
+    return timm.create_model(arch, pretrained=True, in_chans=in_channels).state_dict()
