@@ -154,3 +154,17 @@ def test_bad_checkpoints_are_reported(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pth: cannot be read as a checkpoint"):
         load_model(garbage)
+
+
+def test_init_from_starts_with_the_given_weights(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=1, eval_interval=1, checkpoint_interval=1))
+    source = create_model(cfg.replace(["model.num_classes=11"]))
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(2, 3)
+    path = save_checkpoint(tmp_path / "pretrained.safetensors", source, cfg)
+    trainer = Trainer(cfg.replace([f"train.init_from={path}"]), tmp_path / "run", progress=False)
+    for key, value in source.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        Trainer(cfg.replace([f"train.init_from={path}", "model.decoder_channels=24"]), tmp_path / "run2", progress=False)

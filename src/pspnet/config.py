@@ -172,6 +172,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    init_from: str | None = None
+    """Start from the weights of a whole model (a pspnet, semseg or mmseg checkpoint, e.g. one converted
+    with `pspnet convert --num-classes K`): fine-tuning. The config must describe the same architecture."""
     """Mixed precision (CUDA only)."""
 
     def __post_init__(self) -> None:

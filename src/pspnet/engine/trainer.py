@@ -22,7 +22,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import create_model, load_torch_file, save_checkpoint
+from ..checkpoint import create_model, load_model, load_strict, load_torch_file, save_checkpoint
 from ..config import Config, dump_yaml
 from ..data.build import build_dataset, build_eval_loader, build_train_loader
 from ..errors import CheckpointError, ConfigError
@@ -97,7 +97,10 @@ class Trainer:
         self.train_set = build_dataset(config.data, config.data.train_split, train=True)
         self.val_set = build_dataset(config.data, config.data.val_split, train=False)
         self.classes = self.train_set.classes
-        self.model = create_model(config, self.classes).to(self.device)
+        self.model = create_model(config, self.classes)
+        if train.init_from and not resume:
+            load_strict(self.model, load_model(train.init_from).state_dict(), f"train.init_from {train.init_from}")
+        self.model.to(self.device)
         self.config.model.num_classes = self.classes.num_classes
         self.optimizer, self.scheduler = build_optimizer(self.model, config)
         self.criterion = PSPLoss(aux_weight=train.aux_weight, cls_weight=train.cls_weight)
