@@ -11,7 +11,7 @@ from pspnet.checkpoint import create_model, load_checkpoint, read_state_dict, sa
 from pspnet.config import Config
 from pspnet.data.build import TrainStream
 from pspnet.engine.trainer import Trainer, build_optimizer
-from pspnet.errors import CheckpointError, ConfigError
+from pspnet.errors import CheckpointError, ConfigError, DataError
 
 from conftest import tiny_config_dict
 
@@ -168,3 +168,45 @@ def test_init_from_starts_with_the_given_weights(tmp_path):
         assert torch.equal(trainer.model.state_dict()[key], value), key
     with pytest.raises(CheckpointError, match="wrong shape"):
         Trainer(cfg.replace([f"train.init_from={path}", "model.decoder_channels=24"]), tmp_path / "run2", progress=False)
+
+
+class _BadAfter:
+    """Wraps a source so that sample `bad_index` fails like an unreadable file."""
+
+    def __init__(self, source, bad_index):
+        self.source, self.bad_index, self.classes = source, bad_index, source.classes
+
+    def __len__(self):
+        return len(self.source)
+
+    def load(self, index):
+        if index == self.bad_index:
+            raise DataError(f"cannot read image /data/images/{index:05d}.png: broken PNG")
+        return self.source.load(index)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_file_stops_run_naming_it_and_keeps_checkpoints(tmp_path, workers):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=40, eval_interval=40, checkpoint_interval=1))
+    cfg = cfg.replace([f"data.num_workers={workers}", "data.synthetic.num_train=6"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    good_iterations = []
+    trainer.callbacks.append(lambda t, it: good_iterations.append(it))
+    first_batch = next(iter(TrainStream(6, 2, cfg.train.seed)))
+    bad_index = next(i for i in range(6) if i not in {index for index, _ in first_batch})  # not in batch 1
+    trainer.train_set.source = _BadAfter(trainer.train_set.source, bad_index)
+    with pytest.raises(DataError) as error:
+        trainer.train()
+    assert str(error.value) == f"cannot read image /data/images/{bad_index:05d}.png: broken PNG"  # no worker traceback
+    assert good_iterations and good_iterations[-1] < 40
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[2]
+    assert saved["iteration"] == good_iterations[-1]  # the last good checkpoint, intact
+
+
+def test_skip_bad_logs_and_continues(tmp_path, caplog):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=4, eval_interval=4, checkpoint_interval=4))
+    trainer = Trainer(cfg.replace(["data.skip_bad=true", "data.synthetic.num_train=4"]), tmp_path / "run", progress=False)
+    trainer.train_set.source = _BadAfter(trainer.train_set.source, 3)
+    with caplog.at_level("WARNING"):
+        assert trainer.train().iteration == 4
+    assert "skipping bad sample: cannot read image /data/images/00003.png" in caplog.text

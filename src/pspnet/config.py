@@ -172,10 +172,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    """Mixed precision (CUDA only)."""
     init_from: str | None = None
     """Start from the weights of a whole model (a pspnet, semseg or mmseg checkpoint, e.g. one converted
     with `pspnet convert --num-classes K`): fine-tuning. The config must describe the same architecture."""
-    """Mixed precision (CUDA only)."""
 
     def __post_init__(self) -> None:
         _check(self.max_iters >= 1, "train.max_iters", "a positive int", self.max_iters)

@@ -19,6 +19,9 @@ from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
+MAX_SUBSTITUTES = 16
+"""With `skip_bad`, how many following samples may stand in for a bad one."""
+
 
 @dataclass
 class Sample:
@@ -69,16 +72,22 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        """The transformed sample; None for a bad file when `skip_bad` is set (logged, then dropped)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """The transformed sample. A bad file gives `{"error": message}`, re-raised as a DataError in
+        the main process by `data.build.iterate` (without the loader worker's traceback). With
+        `skip_bad` it is logged and the next readable sample takes its place, so batches keep their size."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        try:
-            sample = self.source.load(index)
-        except DataError as exc:
-            if not self.skip_bad:
-                raise
-            log.warning("skipping bad sample: %s", exc)
-            return None
+        for attempt in range(min(len(self.source), MAX_SUBSTITUTES + 1)):
+            candidate = (index + attempt) % len(self.source)
+            try:
+                sample = self.source.load(candidate)
+                break
+            except DataError as exc:
+                if not self.skip_bad:
+                    return {"error": str(exc)}
+                log.warning("skipping bad sample: %s", exc)
+        else:
+            return {"error": f"no readable sample among {MAX_SUBSTITUTES + 1} consecutive ones from index {index}"}
         if sample.mask is None:
             sample.mask = np.full(sample.image.shape[:2], 255, dtype=np.uint8)
         if seed is None:
@@ -87,4 +96,4 @@ class SegmentationDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 image, mask = self.transform(sample.image, sample.mask)
-        return {"image": image, "mask": mask, "name": sample.name, "index": index}
+        return {"image": image, "mask": mask, "name": sample.name}

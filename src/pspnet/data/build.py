@@ -21,9 +21,7 @@ def build_source(data: DataConfig, split: str) -> SegmentationSource:
     if data.format == "synthetic":
         from .synthetic import ContextScenes
 
-        cfg = data.synthetic
-        count = cfg.num_train if split == data.train_split else cfg.num_val
-        return ContextScenes("train" if split == data.train_split else "val", count, tuple(cfg.image_size), cfg.seed)
+        return ContextScenes.from_config(data.synthetic, "train" if split == data.train_split else "val")
     from .formats import build_source as build_format_source
 
     return build_format_source(data.format, data.root, split, classes_file=data.classes_file, options=data.options)
@@ -69,16 +67,24 @@ class TrainStream(Sampler):
         return 2**62
 
 
-def collate(batch: list[dict | None]) -> dict:
-    """Stack samples; drop those skipped as bad (`data.skip_bad`)."""
-    batch = [item for item in batch if item is not None]
-    if not batch:
-        return {}
+def collate(batch: list[dict]) -> dict:
+    """Stack samples, or pass the first bad sample's error on."""
+    errors = [item["error"] for item in batch if "error" in item]
+    if errors:
+        return {"error": errors[0]}
     return {
         "image": torch.stack([item["image"] for item in batch]),
         "mask": torch.stack([item["mask"] for item in batch]),
         "name": [item["name"] for item in batch],
     }
+
+
+def iterate(loader: DataLoader) -> Iterator[dict]:
+    """Batches of `loader`; a bad file stops here with a DataError naming it (in the main process)."""
+    for batch in loader:
+        if "error" in batch:
+            raise DataError(batch["error"])
+        yield batch
 
 
 def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> dict:

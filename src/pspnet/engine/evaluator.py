@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import EvalConfig
+from ..data.build import iterate
 from ..metrics import ConfusionMatrix, SegmentationMetrics
 from .inference import Inferencer
 
@@ -27,9 +28,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, setti
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
     with progress_bar(len(loader.dataset), desc, progress, leave=False) as bar:
-        for batch in loader:
-            if not batch:
-                continue
+        for batch in iterate(loader):
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)
             confusion.update(inferencer.probabilities(images).argmax(1), masks)

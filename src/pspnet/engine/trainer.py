@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import create_model, load_model, load_strict, load_torch_file, save_checkpoint
 from ..config import Config, dump_yaml
-from ..data.build import build_dataset, build_eval_loader, build_train_loader
+from ..data.build import build_dataset, build_eval_loader, build_train_loader, iterate
 from ..errors import CheckpointError, ConfigError
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics, format_table
@@ -219,7 +219,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, desc="train", unit="it", disable=not self.progress, dynamic_ncols=True)
         metrics = None
         try:
-            batches = iter(loader)
+            batches = iterate(loader)
             while self.iteration < cfg.max_iters and not self._stop_requested:
                 start = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]  # the encoder's rate for this iteration
