@@ -21,6 +21,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from pspnet import PSPNet
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else the architecture."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -67,7 +78,7 @@ def main() -> None:
     channels_last = median_latency(model_cl, x.contiguous(memory_format=torch.channels_last), args.runs, args.warmup)
 
     print(f"PSPNet {args.encoder}, output stride {model.output_stride}, input 1x3x{args.size}x{args.size}, {args.device}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M, FLOPs per image: {gflop:.1f} GFLOP")
     print(f"{'mode':<16}{'median latency':>16}{'GFLOP/s':>10}")
     for name, seconds in (("eager fp32", eager), ("channels_last", channels_last)):

@@ -1,7 +1,7 @@
 """Training and evaluation transforms built on torchvision.transforms.v2.
 
-The training pipeline is the paper's: random scale 0.5-2.0, rotation within +-10 degrees, Gaussian
-blur, horizontal flip and a random crop padded with the mean colour (image) and 255 (mask), then
+The training pipeline is the paper's: random scale 0.5-2.0, rotation within +-10 degrees, a random
+crop padded with the mean colour (image) and 255 (mask), Gaussian blur, horizontal flip, then
 ImageNet normalisation. Masks are `tv_tensors.Mask`, so every geometric step moves them with the
 image using nearest-neighbour interpolation.
 """
@@ -67,11 +67,13 @@ def build_train_transform(augment: AugmentConfig, mean: Sequence[float], std: Se
         steps.append(RandomScale(*augment.scale))
     if augment.rotate > 0:
         steps.append(v2.RandomRotation(augment.rotate, interpolation=v2.InterpolationMode.BILINEAR, fill=_fill(mean)))
+    # Blur and flip come after the crop: the same distribution of results, on a crop-sized image
+    # instead of an image scaled up to 2x (about 4x less work at the paper's settings).
+    steps.append(v2.RandomCrop(augment.crop_size, pad_if_needed=True, fill=_fill(mean)))
     if augment.blur > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=augment.blur))
     if augment.flip:
         steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.RandomCrop(augment.crop_size, pad_if_needed=True, fill=_fill(mean)))
     return PairTransform(steps, mean, std)
 
 
