@@ -210,3 +210,16 @@ def test_skip_bad_logs_and_continues(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert trainer.train().iteration == 4
     assert "skipping bad sample: cannot read image /data/images/00003.png" in caplog.text
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=3, eval_interval=3, checkpoint_interval=3))
+    first = Trainer(cfg, tmp_path / "a", progress=False)
+    first.train()
+    second = Trainer(cfg, tmp_path / "b", progress=False)
+    second.train()
+    other = Trainer(cfg.replace(["train.seed=1"]), tmp_path / "c", progress=False)
+    other.train()
+    a, b, c = (_weights(t.model) for t in (first, second, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
