@@ -5,7 +5,10 @@ The synthetic "context scenes" contain the paper's three failure cases of a loca
 difference is `model.use_ppm`. Prints mIoU and the per-class IoU of the classes that measure
 each case, and writes the table as markdown for the README.
 
-    python benchmarks/context_ablation.py [--config configs/synthetic.yaml] [--iters N] [--set key=value ...]
+    python benchmarks/context_ablation.py [--config configs/synthetic.yaml] [--size 160] [--iters 300] [--set key=value ...]
+
+Defaults: the demo's ResNet-18 at 160x160 scenes for 300 iterations (about 30 minutes on 2 CPU
+cores). At 96x96 the dilated ResNet-18 sees the whole image and the gap shrinks with training.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ def train_and_evaluate(config, run_dir: Path) -> tuple[dict[str, float], float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic.yaml"))
-    parser.add_argument("--iters", type=int, help="training iterations for each variant (default: the config's)")
+    parser.add_argument("--iters", type=int, default=300, help="training iterations for each variant")
+    parser.add_argument("--size", type=int, default=160, help="scene size (square), also the crop size")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", help="write the markdown table here")
     args = parser.parse_args()
 
-    overrides = list(args.overrides) + ([f"train.max_iters={args.iters}"] if args.iters else [])
+    overrides = [f"train.max_iters={args.iters}", f"data.synthetic.image_size=[{args.size}, {args.size}]",
+                 f"data.augment.crop_size=[{args.size}, {args.size}]", *args.overrides]
     overrides += ["train.eval_interval=1000000", "train.checkpoint_interval=1000000"]  # evaluate once, at the end
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
