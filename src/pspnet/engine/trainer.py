@@ -10,13 +10,15 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import yaml
@@ -214,11 +216,10 @@ class Trainer:
         self._open_logs()
         self._saved_iteration = self.iteration
         loader = build_train_loader(self.train_set, self.config.data, cfg.batch_size, cfg.seed, self.iteration, self.device)
-        previous_handlers = _install_handlers(self._handle_signal)
         self.model.train()
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, desc="train", unit="it", disable=not self.progress, dynamic_ncols=True)
         metrics = None
-        try:
+        with _stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(self.tensorboard):
             batches = iterate(loader)
             while self.iteration < cfg.max_iters and not self._stop_requested:
                 start = time.perf_counter()
@@ -243,10 +244,6 @@ class Trainer:
                     callback(self, self.iteration)
             if self._stop_requested and self._saved_iteration != self.iteration:
                 self._save()
-        finally:
-            bar.close()
-            _install_handlers(previous_handlers)
-            self.tensorboard.close()
         best = self.ckpt_dir / "best.safetensors"
         if metrics is not None:
             print(format_table(metrics, self.classes.names, title=f"validation at iteration {self.iteration}"))
@@ -266,17 +263,18 @@ class Trainer:
         return {k: float(v.detach()) for k, v in losses.items()}
 
 
-def _install_handlers(handler):
-    """Install `handler` for SIGINT/SIGTERM (or a dict of previous handlers); returns the previous ones."""
-    import threading
-
+@contextlib.contextmanager
+def _stop_signals(handler) -> Iterator[None]:
+    """Route SIGINT/SIGTERM to `handler` for the duration (main thread only), then restore."""
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    if isinstance(handler, dict):
-        for signum, previous in handler.items():
-            signal.signal(signum, previous)
-        return {}
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
