@@ -40,3 +40,13 @@ def tiny_config_dict(**train) -> dict:
 @pytest.fixture
 def tiny_config() -> Config:
     return Config.from_dict(tiny_config_dict())
+
+
+def open_source(format: str, root, split: str, classes_file=None, options=None):
+    """The source of `split` of a dataset in `format` at `root` (what a config's data section builds)."""
+    from pspnet.config import DataConfig
+    from pspnet.data.sources import build_source
+
+    data = DataConfig(format=format, root=None if root is None else str(root), classes_file=None if classes_file is None else str(classes_file),
+                      options=dict(options or {}))
+    return build_source(data, split)

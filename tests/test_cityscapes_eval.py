@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pspnet.checkpoint import create_model, load_checkpoint, save_checkpoint
+from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.models import create_model
 from pspnet.cli import main
 from pspnet.config import Config, DataConfig
-from pspnet.data.build import build_source
+from pspnet.data.sources import build_source
 from pspnet.data.formats.cityscapes import cityscapes_classes, label_id_to_train_id, train_id_to_label_id
 from pspnet.metrics import ConfusionMatrix
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -101,3 +102,28 @@ def test_data_preview(trained_run, tmp_path):
     out = tmp_path / "grid.png"
     assert main(["data", "preview", str(config), "--out", str(out), "--count", "4"]) == 0
     assert Image.open(out).width > 4 * 40
+
+
+@pytest.mark.parametrize("channels,mode", [(1, "L"), (4, "RGBA")])
+def test_predict_serves_models_of_any_input_channel_count(tmp_path, channels, mode):
+    """`pspnet predict` and `model.predict` take one route: a grey (or RGBA) file gives the same labels."""
+    from pspnet.checkpoint import save_checkpoint
+    from pspnet.config import Config
+    from pspnet.models import create_model
+
+    data = tiny_config_dict()
+    data["model"]["in_channels"] = channels
+    data["data"].update(mean=[0.5] * channels, std=[0.25] * channels)
+    config = Config.from_dict({**data, "model": {**data["model"], "num_classes": 3}})
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", model, config)
+    pixels = np.random.default_rng(0).integers(0, 255, (33, 41, channels), dtype=np.uint8)
+    image_path = tmp_path / "in" / "photo.png"
+    image_path.parent.mkdir()
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(image_path)
+    assert main(["--quiet", "predict", str(checkpoint), str(image_path), "--out", str(tmp_path / "out")]) == 0
+    written = np.array(Image.open(tmp_path / "out" / "labels" / "photo.png"))
+    np.testing.assert_array_equal(written, model.predict(image_path))
+    np.testing.assert_array_equal(written, model.predict(pixels))
+    assert Image.open(tmp_path / "out" / "overlay" / "photo.jpg").size == (41, 33)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pspnet.config import Config, load_config
 from pspnet.errors import ConfigError
+from pspnet.models.pspnet import complexity
 
 
 def write(tmp_path, text):
@@ -73,10 +78,37 @@ def test_bad_files(tmp_path):
         load_config(None, ["model.dropout"])
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
+def _leaves(data: dict, prefix: str = "") -> dict:
+    """Dotted key -> value of every leaf of a nested dict (free-form dicts kept whole)."""
+    leaves = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("encoder_kwargs", "options"):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert configs
-    for path in configs:
-        load_config(path)
+
+SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_configs_keep_every_value_and_build_their_model(path):
+    config = load_config(path)
+    written = _leaves(yaml.safe_load(path.read_text()))
+    loaded = _leaves(config.to_dict())
+    assert {key: loaded[key] for key in written} == written  # no value dropped, renamed or defaulted
+    model = dataclasses.replace(config.model, num_classes=5)
+    info = complexity(model, tuple(config.data.augment.crop_size))  # on the meta device: no weights needed
+    expected_stride = 4 if model.encoder == "lite" else 32 if model.encoder.startswith("swin") else 8
+    assert info["output_stride"] == expected_stride and info["total"] > 0 and info["flops"] > 0
+
+
+@pytest.mark.parametrize("name,crop", [("pspnet_r50_cityscapes", 713), ("pspnet_r101_ade20k", 473)])
+def test_paper_configs_follow_the_paper(name, crop):
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    model, train, augment = config.model, config.train, config.data.augment
+    assert (model.output_stride, model.bins, model.dropout, model.decoder_channels, model.aux) == (8, [1, 2, 3, 6], 0.1, 512, "seg")
+    assert (train.base_lr, train.lr_power, train.momentum, train.weight_decay, train.aux_weight, train.batch_size) == (
+        0.01, 0.9, 0.9, 1e-4, 0.4, 16)
+    assert (augment.scale, augment.rotate, augment.flip, augment.crop_size) == ([0.5, 2.0], 10, True, [crop, crop])

@@ -20,7 +20,7 @@ from PIL import Image
 from pspnet import load_model
 from pspnet.checkpoint import load_checkpoint, read_metadata
 from pspnet.cli import main
-from pspnet.convert import convert_state, detect_layout, infer_model_config, load_reference
+from pspnet.checkpoint.reference import convert_state, detect_layout, infer_model_config, load_reference
 from pspnet.data.formats.voc import VOC_NAMES
 from pspnet.errors import CheckpointError, ConfigError
 from pspnet.models import PSPNet

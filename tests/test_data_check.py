@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pspnet.config import DataConfig
+from pspnet.config import DataConfig, SyntheticConfig
 from pspnet.data.check import check_dataset, run_check
-from pspnet.data.formats import build_source
 from pspnet.errors import DataError
+
+from conftest import open_source
 
 PALETTE = [[128, 64, 128], [0, 0, 142], [220, 20, 60]]
 RNG = np.random.default_rng(0)
@@ -92,10 +93,10 @@ def test_pairs_check_reports_unknown_colour_fraction(tmp_path):
     mask[:, :2] = (0, 0, 255)
     mask[:, 2:] = (0, 250, 5)
     save(tmp_path / "val/1.png", np.concatenate([np.zeros((4, 4, 3), dtype=np.uint8), mask], axis=1))
-    source = build_source("pairs", tmp_path, "val", classes_file=classes_file)
+    source = open_source("pairs", tmp_path, "val", classes_file=classes_file)
     clean = check_dataset(source)
     assert clean.ok and clean.class_pixels.tolist() == [8, 8]
-    strict = check_dataset(build_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 2}))
+    strict = check_dataset(open_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 2}))
     assert [p.kind for p in strict.problems] == ["unknown_colors"]
     assert "1.png" in strict.problems[0].message and "50.00%" in strict.problems[0].message
 
@@ -111,10 +112,21 @@ def test_cityscapes_missing_mask_and_progress(tmp_path):
     assert report.class_pixels[13] == 16 and calls == [(1, 1)]
 
 
-def test_empty_split_and_synthetic_format(tmp_path):
+def test_empty_split(tmp_path):
     config = clean_dataset(tmp_path)
     (tmp_path / "val/images").mkdir(parents=True)
     (tmp_path / "val/masks").mkdir()
     assert [p.kind for p in run_check(config, "val").problems] == ["empty"]
-    with pytest.raises(DataError, match="synthetic"):
-        run_check(DataConfig(), "train")
+
+
+def test_synthetic_data_is_checked_sample_by_sample():
+    """The built-in data has no files: each generated sample is decoded and counted like a file pair."""
+    from pspnet.data.synthetic import ContextScenes
+
+    data = DataConfig(synthetic=SyntheticConfig(image_size=[40, 48], num_train=6, num_val=3, seed=2))
+    report = run_check(data, "val")
+    assert report.ok and report.num_checked == report.num_images == report.num_masks == 3
+    source = ContextScenes("val", 3, (40, 48), seed=2)
+    expected = sum(np.bincount(source.load(i).mask.ravel(), minlength=11) for i in range(3))
+    np.testing.assert_array_equal(report.class_pixels, expected)
+    assert "OK: no problems found" in report.format()

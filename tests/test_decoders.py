@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pspnet import PSPNet
+from pspnet import PSPNet, load_model
 from pspnet.config import Config, load_config
 from pspnet.engine.trainer import Trainer
 from pspnet.errors import ConfigError
@@ -139,5 +141,16 @@ def test_training_with_progressive_decoder_and_both_aux_heads(tmp_path):
     data["train"]["cls_weight"] = 0.5
     trainer = Trainer(Config.from_dict(data), tmp_path / "run", progress=False)
     assert trainer.criterion.cls_weight == 0.5
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     result = trainer.train()
     assert result.iteration == 2 and result.last_checkpoint.is_file()
+    # every part of the decoder and both auxiliary heads were trained
+    for part in ("decode_head.stages", "decode_head.classifier", "aux_head", "cls_head"):
+        changed = [name for name, p in trainer.model.named_parameters() if name.startswith(part) and not torch.equal(p, before[name])]
+        assert changed, f"no parameter of {part} changed"
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    assert len(rows) == 2 and all(float(row["cls"]) > 0 and float(row["aux"]) > 0 for row in rows)
+    # the checkpoint holds the trained progressive model: same logits after reloading
+    loaded = load_model(result.last_checkpoint)
+    x = torch.randn(1, 3, 40, 44)
+    torch.testing.assert_close(loaded(x), trainer.model.eval()(x))

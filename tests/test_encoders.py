@@ -20,7 +20,8 @@ from pspnet import PSPNet
 from pspnet.cli import main
 from pspnet.config import Config, ModelConfig
 from pspnet.errors import CheckpointError, ConfigError
-from pspnet.models.encoders import build_encoder, load_encoder_weights, weights
+from pspnet.models.encoders import build_encoder, load_encoder_weights
+from pspnet.models.encoders import pretrained as weights
 
 SWIN_TINY = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2]}  # every stage has a shifted block
 VIT_TINY = {"dynamic_img_size": True, "depth": 3, "embed_dim": 32, "num_heads": 2}
@@ -202,11 +203,11 @@ def test_three_channel_weights_are_adapted_to_one_channel(tmp_path):
 def test_mismatched_weights_are_reported(tmp_path):
     wrong_model = tmp_path / "resnet18.safetensors"
     save_file(_full_model_state("resnet18"), str(wrong_model))
-    with pytest.raises(CheckpointError, match=r"missing: body.conv_stem.weight.*\(\d+ in all\)"):
+    with pytest.raises(CheckpointError, match=r"missing \(\d+\): body\.conv_stem\.weight, .*\(\d+ in all\)"):
         build_encoder(ModelConfig(encoder="mobilenetv2_x0.5", encoder_weights=str(wrong_model)))
     wrong_width = tmp_path / "mobilenetv2_100.safetensors"
     save_file(_full_model_state("mobilenetv2_100"), str(wrong_width))
-    with pytest.raises(CheckpointError, match=r"wrong shape: body.conv_stem.weight: file \(32, 3, 3, 3\) vs encoder \(16, 3, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"wrong shape \(\d+\): conv_stem.weight \(file \(32, 3, 3, 3\), model \(16, 3, 3, 3\)\)"):
         build_encoder(ModelConfig(encoder="mobilenetv2_x0.5", encoder_weights=str(wrong_width)))
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         build_encoder(ModelConfig(encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth")))

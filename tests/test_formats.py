@@ -11,12 +11,14 @@ import pytest
 from PIL import Image
 
 from pspnet.classes import IGNORE_INDEX, default_palette
-from pspnet.data.formats import FORMATS, build_source
 from pspnet.data.formats import cityscapes as cityscapes_module
 from pspnet.data.formats.ade20k import ADE20K_NAMES
 from pspnet.data.formats.cityscapes import cityscapes_classes, label_id_to_train_id, train_id_to_label_id
 from pspnet.data.palettes import decode_colors, load_classes_file
+from pspnet.data.sources import SOURCES
 from pspnet.errors import DataError
+
+from conftest import open_source
 
 RNG = np.random.default_rng(0)
 
@@ -79,7 +81,7 @@ def test_cityscapes_source_maps_label_ids(tmp_path):
     save(tmp_path / "gtFine/train/aachen" / f"{name}_gtFine_labelIds.png", label_ids)
     save(tmp_path / "gtFine/train/aachen/aachen_000001_000019_gtFine_color.png", photo(12, 8))  # not a labelIds file
 
-    source = build_source("cityscapes", tmp_path, "train")
+    source = open_source("cityscapes", tmp_path, "train")
     assert len(source) == 1 and source.name(0) == name and source.classes.num_classes == 19
     sample = source.load(0)
     assert sample.image.shape == (12, 8, 3) and sample.mask.dtype == np.uint8
@@ -113,18 +115,18 @@ def test_ade20k_shifts_labels_and_ignores_other(tmp_path, inside):
     annotation = blocks([[0, 1], [150, 75]], 5)
     ade_tree(tmp_path, annotation)
     root = tmp_path / "ADEChallengeData2016" if inside else tmp_path
-    source = build_source("ade20k", root, "val")
+    source = open_source("ade20k", root, "val")
     assert len(source) == 1 and source.name(0) == "ADE_val_00000001"
     np.testing.assert_array_equal(source.load(0).mask, blocks([[255, 0], [149, 74]], 5))
     assert source.classes.num_classes == 150 and len(ADE20K_NAMES) == 150
     assert source.classes.names[:5] == ("wall", "building", "sky", "floor", "tree") and source.classes.names[-1] == "flag"
-    assert len(build_source("ade20k", root, "train")) == 0
+    assert len(open_source("ade20k", root, "train")) == 0
 
 
 def test_ade20k_label_above_150_names_the_file(tmp_path):
     ade_tree(tmp_path, blocks([[1, 151]], 4))
     with pytest.raises(DataError, match=r"ADE_val_00000001\.png.*151"):
-        build_source("ade20k", tmp_path, "val").load(0)
+        open_source("ade20k", tmp_path, "val").load(0)
 
 
 # PASCAL VOC ---------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def test_voc_palette_pngs_give_class_ids_and_keep_borders(tmp_path):
     labels = voc_tree(tmp_path)
     stored = Image.open(tmp_path / "SegmentationClass/2007_000033.png")
     assert stored.mode == "P"
-    source = build_source("voc", tmp_path, "val")
+    source = open_source("voc", tmp_path, "val")
     assert len(source) == 1 and source.name(0) == "2007_000033"
     assert source.classes.names[0] == "background" and source.classes.names[15] == "person" and source.classes.num_classes == 21
     mask = source.load(0).mask
@@ -162,17 +164,17 @@ def test_voc_augmented_masks_and_list_file(tmp_path):
     (tmp_path / "ImageSets/Segmentation/train_aug.txt").write_text("2007_000032\n2007_000033\n")
     (tmp_path / "pairs.txt").write_text("/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n")
 
-    source = build_source("voc", tmp_path, "train", options={"aug": True})
+    source = open_source("voc", tmp_path, "train", options={"aug": True})
     assert [source.name(i) for i in range(len(source))] == ["2007_000032", "2007_000033"]
     np.testing.assert_array_equal(source.load(1).mask, aug)
-    listed = build_source("voc", tmp_path, "train", options={"aug": True, "list_file": "pairs.txt"})
+    listed = open_source("voc", tmp_path, "train", options={"aug": True, "list_file": "pairs.txt"})
     assert len(listed) == 1 and listed.name(0) == "2007_000033"
 
 
 def test_voc_missing_list_file(tmp_path):
     voc_tree(tmp_path)
     with pytest.raises(DataError, match=r"test\.txt"):
-        build_source("voc", tmp_path, "test")
+        open_source("voc", tmp_path, "test")
 
 
 # Image pairs --------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_pairs_decode_jpeg_masks_to_class_ids(tmp_path):
     for index in range(2):
         save(tmp_path / "train" / f"{index + 1}.jpg", np.concatenate([photo(256, 256), colours], axis=1), quality=75)
 
-    source = build_source("pairs", tmp_path, "train")
+    source = open_source("pairs", tmp_path, "train")
     assert len(source) == 2 and source.classes.num_classes == 19
     sample = source.load(0)
     assert sample.image.shape == (256, 256, 3) and sample.mask.shape == (256, 256)
@@ -207,17 +209,17 @@ def test_pairs_with_custom_classes_and_tolerance(tmp_path):
     mask[:, 4:] = (0, 200, 0)  # grass at distance 55
     save(tmp_path / "val/a.png", np.concatenate([photo(4, 8), mask], axis=1))
 
-    strict = build_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 20})
+    strict = open_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 20})
     np.testing.assert_array_equal(strict.load(0).mask[0], [0, 0, 0, 0, 255, 255, 255, 255])
     assert strict.unmatched_fraction == 0.5
-    loose = build_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 60})
+    loose = open_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 60})
     np.testing.assert_array_equal(loose.load(0).mask[0], [0, 0, 0, 0, 1, 1, 1, 1])
 
 
 def test_pairs_odd_width_names_the_file(tmp_path):
     save(tmp_path / "train/odd.png", photo(4, 9))
     with pytest.raises(DataError, match=r"odd\.png"):
-        build_source("pairs", tmp_path, "train").load(0)
+        open_source("pairs", tmp_path, "train").load(0)
 
 
 # Folders ------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def test_folders_pair_by_name_and_map_custom_ignore(tmp_path):
     save(tmp_path / "train/images/lonely.jpg", photo(6, 6))
     save(tmp_path / "train/masks/orphan.png", index_mask)
 
-    source = build_source("folders", tmp_path, "train", classes_file=classes_file)
+    source = open_source("folders", tmp_path, "train", classes_file=classes_file)
     assert [source.name(i) for i in range(len(source))] == ["a", "sub/b"]
     np.testing.assert_array_equal(source.load(0).mask, blocks([[0, 1], [2, 255]], 3))
     assert (source.load(1).mask == 1).all()
@@ -254,7 +256,7 @@ def test_folders_colour_masks_and_flat_layout(tmp_path):
     save(tmp_path / "images/x.jpg", photo(8, 8))
     save(tmp_path / "masks/x.png", palette[ids])
     for split in ("train", "val"):  # the flat layout serves every split
-        source = build_source("folders", tmp_path, split, classes_file=classes_file)
+        source = open_source("folders", tmp_path, split, classes_file=classes_file)
         np.testing.assert_array_equal(source.load(0).mask, ids)
         assert source.unmatched_fraction == 0.0
 
@@ -263,7 +265,7 @@ def test_folders_need_a_classes_file(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match="classes_file"):
-        build_source("folders", tmp_path, "train")
+        open_source("folders", tmp_path, "train")
 
 
 # Palettes and classes files -----------------------------------------------------------------------
@@ -303,26 +305,26 @@ def test_classes_file_errors(tmp_path):
 
 
 def test_unknown_format_lists_the_known_ones(tmp_path):
-    with pytest.raises(DataError, match="known formats: " + ", ".join(FORMATS)):
-        build_source("coco", tmp_path, "train")
+    with pytest.raises(DataError, match="known formats: " + ", ".join(SOURCES)):
+        open_source("coco", tmp_path, "train")
 
 
 def test_missing_root_and_split_show_the_layout(tmp_path):
     with pytest.raises(DataError, match="root not found.*leftImg8bit"):
-        build_source("cityscapes", tmp_path / "nowhere", "train")
+        open_source("cityscapes", tmp_path / "nowhere", "train")
     with pytest.raises(DataError, match="data.root is not set"):
-        build_source("voc", None, "train")
+        open_source("voc", None, "train")
     (tmp_path / "leftImg8bit/train").mkdir(parents=True)
     with pytest.raises(DataError, match=r"gtFine/train.*expected layout"):
-        build_source("cityscapes", tmp_path, "train")
+        open_source("cityscapes", tmp_path, "train")
 
 
 def test_unknown_option_and_fixed_classes(tmp_path):
     voc_tree(tmp_path)
     with pytest.raises(DataError, match="unknown data.options.*augment.*aug, list_file"):
-        build_source("voc", tmp_path, "train", options={"augment": True})
+        open_source("voc", tmp_path, "train", options={"augment": True})
     with pytest.raises(DataError, match="fixed class set"):
-        build_source("voc", tmp_path, "train", classes_file="classes.yaml")
+        open_source("voc", tmp_path, "train", classes_file="classes.yaml")
 
 
 def test_unreadable_image_names_the_file(tmp_path):
@@ -330,7 +332,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images/broken.jpg").write_bytes(b"not a jpeg")
     save(tmp_path / "masks/broken.png", np.zeros((4, 4), dtype=np.uint8))
-    source = build_source("folders", tmp_path, "train", classes_file=classes_file)
+    source = open_source("folders", tmp_path, "train", classes_file=classes_file)
     with pytest.raises(DataError, match=r"broken\.jpg"):
         source.load(0)
 
@@ -339,7 +341,7 @@ def test_size_mismatch_and_colour_mask_for_index_format_name_the_files(tmp_path)
     voc_tree(tmp_path)
     save(tmp_path / "SegmentationClass/2007_000032.png", np.zeros((5, 5), dtype=np.uint8))
     with pytest.raises(DataError, match=r"2007_000032\.jpg is 12x12 but its mask .*2007_000032\.png is 5x5"):
-        build_source("voc", tmp_path, "train").load(0)
+        open_source("voc", tmp_path, "train").load(0)
     save(tmp_path / "SegmentationClass/2007_000032.png", photo(12, 12))
     with pytest.raises(DataError, match=r"2007_000032\.png: expected a single-channel"):
-        build_source("voc", tmp_path, "train").load(0)
+        open_source("voc", tmp_path, "train").load(0)

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pspnet.checkpoint import create_model, save_checkpoint
+from pspnet.checkpoint import save_checkpoint
+from pspnet.models import create_model
 from pspnet.cli import main
 from pspnet.config import Config, EvalConfig
 from pspnet.data.synthetic import ContextScenes
-from pspnet.engine.inference import Inferencer, scaled_size, window_grid, window_starts
+from pspnet.inference.protocol import Inferencer, scaled_size, window_grid, window_starts
 from pspnet.errors import ConfigError
 
 from conftest import tiny_config_dict
@@ -229,7 +230,7 @@ def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path,
         seen.update(settings=settings, output_format=output_format)
         return type("Report", (), {"written": [], "failed": []})()
 
-    monkeypatch.setattr("pspnet.engine.predictor.predict_files", fake_predict_files)
+    monkeypatch.setattr("pspnet.engine.predict.predict_files", fake_predict_files)
     args = ["--quiet", "predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path / "out"),
             "--set", "eval.protocol=semseg-ade20k", "eval.base_size=96", "--window-batch", "5"]
     assert main(args) == 0

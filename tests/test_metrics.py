@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pspnet.metrics import ConfusionMatrix, abbreviate, format_table, metrics_to_dict, save_csv, save_json
+from pspnet.io.files import write_json as save_json
+from pspnet.metrics import ConfusionMatrix
+from pspnet.report.results import metrics_to_dict, save_csv
+from pspnet.report.table import abbreviate, format_table
 
 # 4 classes. Class 2 is predicted but absent from the ground truth, class 3 appears nowhere
 # (its only prediction is on an ignored pixel). Ignored pixels (255) must not count.

@@ -189,6 +189,6 @@ def test_predict_returns_label_map(tiny_model_options):
     assert label.shape == (37, 45) and label.dtype == np.uint8 and label.max() < 4
     assert model.training  # predict restores the mode
     with torch.no_grad():
-        from pspnet.data.transforms import normalize_image
+        from pspnet.inference.predict import image_to_tensor as normalize_image
         expected = model.eval()(normalize_image(image, model.mean, model.std)[None]).argmax(1)[0].numpy()
     np.testing.assert_array_equal(label, expected)

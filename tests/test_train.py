@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from pspnet import load_model
-from pspnet.checkpoint import create_model, load_checkpoint, read_state_dict, save_checkpoint
+from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.io.weights import read_state_dict
+from pspnet.models import create_model
 from pspnet.config import Config
-from pspnet.data.build import TrainStream
+from pspnet.data.loaders import TrainStream
 from pspnet.engine.trainer import Trainer, build_optimizer
 from pspnet.errors import CheckpointError, ConfigError, DataError
 
@@ -117,7 +119,7 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_options, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("pspnet.checkpoint.save_file", broken_save)
+    monkeypatch.setattr("pspnet.checkpoint.native.save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, cfg)
     assert path.read_bytes() == original

@@ -268,6 +268,37 @@ class EvalConfig:
         preset = self.protocol_settings(self.protocol)
         return [key for key in preset if getattr(self, key) != preset[key]]
 
+    def with_protocol(self, name: str | None) -> EvalConfig:
+        """This config with protocol `name` (None: no name) and every inference setting it fixes."""
+        settings = self.protocol_settings(name) if name is not None else {}
+        return dataclasses.replace(self, protocol=name, **settings)
+
+    def updated(self, **settings: Any) -> EvalConfig:
+        """This config with the given settings changed; None values are ignored."""
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"eval: unknown settings {unknown}")
+        return dataclasses.replace(self, **{key: value for key, value in settings.items() if value is not None})
+
+    def describe(self) -> str:
+        """One line naming the inference protocol that produced a number, e.g. `semseg-cityscapes:
+        sliding window 713x713 stride 476x476, long side 2048 x scales [1], flip`. A named protocol
+        whose settings were changed lists the changed keys."""
+        if self.mode == "whole":
+            mode = "whole image"
+        else:
+            (crop_h, crop_w), (stride_h, stride_w) = self.crop_size, self.window_stride
+            mode = f"sliding window {crop_h}x{crop_w} stride {stride_h}x{stride_w}"
+        scales = f"scales [{', '.join(f'{s:g}' for s in self.scales)}]"
+        if self.base_size is not None:
+            scales = f"{self.resize} side {self.base_size} x {scales}"
+        text = f"{mode}, {scales}, {'flip' if self.flip else 'no flip'}"
+        if self.protocol is None:
+            return text
+        changed = self.changed_from_protocol()
+        name = f"{self.protocol} (changed: {', '.join(changed)})" if changed else self.protocol
+        return f"{name}: {text}"
+
     @property
     def window_stride(self) -> tuple[int, int]:
         """The effective sliding-window stride: `stride`, or ceil(2/3 * crop_size)."""

@@ -9,8 +9,8 @@ from PIL import Image
 
 from .cli import main as cli_main
 from .config import load_config
-from .data.build import build_source
-from .utils.io import save_image
+from .data.sources import build_source
+from .io.files import save_image
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 

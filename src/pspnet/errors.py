@@ -13,5 +13,5 @@ class CheckpointError(PSPNetError):
     """A checkpoint that is missing, truncated, of an unknown format or that does not match the model."""
 
 
-class DataError(PSPNetError):
+class DataError(PSPNetError, ValueError):
     """An image or mask that is missing, unreadable, or inconsistent with the dataset's classes."""

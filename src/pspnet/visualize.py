@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .classes import IGNORE_INDEX, ClassInfo
-from .utils.io import atomic_path, save_image
+from .io.files import atomic_path, save_image
 
 HEATMAP_LOW = np.array([255, 255, 255], dtype=np.float64)  # colour of a 0 % cell
 HEATMAP_HIGH = np.array([8, 48, 107], dtype=np.float64)  # colour of a 100 % cell

@@ -2,7 +2,8 @@
 
 Every file is read once. Reported per file: images without a mask, masks without an image,
 unreadable files, image/mask size mismatches, label values outside the class set and colour masks
-with unknown colours. The report also counts the pixels of every class.
+with unknown colours. The report also counts the pixels of every class. Sources without files
+(the built-in synthetic data) have each generated sample checked the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 from ..classes import IGNORE_INDEX, ClassInfo
 from ..config import DataConfig
 from ..errors import DataError
-from .formats import FileSource, SampleFiles, build_source
-from .formats.common import describe_out_of_range, label_histogram, out_of_range, size_mismatch
+from .base import SegmentationSource
+from .formats.common import FileSource, SampleFiles, describe_out_of_range, label_histogram, out_of_range, size_mismatch
+from .sources import build_source
 
 DEFAULT_MAX_UNMATCHED = 0.01
 """Largest fraction of a colour mask's pixels that may match no class colour before it is reported."""
@@ -88,48 +90,74 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(source: FileSource, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
+def check_dataset(source: SegmentationSource, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
                   progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Scan every file of `source`; `progress(done, total)` is called after each pair."""
-    report = CheckReport(
-        dataset=f"{source.format_name} dataset at {source.root}, split '{source.split}'",
-        classes=source.classes,
-        class_pixels=np.zeros(source.classes.num_classes, dtype=np.int64),
-    )
-    problems = report.problems
+    """Scan every sample of `source` (and, for files, every file); `progress(done, total)` after each sample."""
+    report = CheckReport(dataset=describe_source(source), classes=source.classes,
+                         class_pixels=np.zeros(source.classes.num_classes, dtype=np.int64))
+    if isinstance(source, FileSource):
+        _check_listing(source, report)
+    if not len(source):
+        report.problems.append(Problem("empty", "no image/mask pairs found"))
+    for index in range(len(source)):
+        _check_sample(source, index, report, max_unmatched)
+        if progress is not None:
+            progress(index + 1, len(source))
+    return report
+
+
+def describe_source(source: SegmentationSource) -> str:
+    if isinstance(source, FileSource):
+        return f"{source.format_name} dataset at {source.root}, split '{source.split}'"
+    return f"{type(source).__name__} ({len(source)} generated samples of split '{getattr(source, 'split', '?')}')"
+
+
+def _check_listing(source: FileSource, report: CheckReport) -> None:
+    """Count files and report images without masks and masks without images."""
     for files in source.files():
         report.num_images += files.image is not None
         report.num_masks += files.mask is not None
         if files.image is None and files.mask is None:
-            problems.append(Problem("missing_files", f"sample '{files.name}' is listed but has neither image nor mask"))
+            report.problems.append(Problem("missing_files", f"sample '{files.name}' is listed but has neither image nor mask"))
         elif files.mask is None:
-            problems.append(Problem("missing_mask", f"image {files.image} has no mask"))
+            report.problems.append(Problem("missing_mask", f"image {files.image} has no mask"))
         elif files.image is None:
-            problems.append(Problem("orphan_mask", f"mask {files.mask} has no image"))
-    if not source.samples:
-        problems.append(Problem("empty", "no image/mask pairs found"))
-
-    for done, files in enumerate(source.samples, 1):
-        _check_sample(source, files, report, max_unmatched)
-        if progress is not None:
-            progress(done, len(source.samples))
-    return report
+            report.problems.append(Problem("orphan_mask", f"mask {files.mask} has no image"))
 
 
-def _check_sample(source: FileSource, files: SampleFiles, report: CheckReport, max_unmatched: float) -> None:
-    """Read and decode one image/mask pair; add its pixel counts and problems to `report`."""
-    num_classes = source.classes.num_classes
+def _decode(source: SegmentationSource, index: int) -> tuple[np.ndarray, np.ndarray, int, SampleFiles] | Problem:
+    """Image, class-id mask, count of unmatched colour pixels and files of sample `index`, or the Problem
+    that stopped reading it."""
+    if not isinstance(source, FileSource):
+        try:
+            sample = source.load(index)
+        except DataError as exc:
+            return Problem("unreadable", str(exc))
+        return sample.image, sample.mask, 0, SampleFiles(sample.name, None, None)
+    files = source.samples[index]
     try:
         image, raw = source.read(files)
     except DataError as exc:
-        report.problems.append(Problem("unreadable", str(exc)))
-        return
+        return Problem("unreadable", str(exc))
     try:
         mask, unmatched = source.decode_mask(raw, files.mask)
     except DataError as exc:
-        report.problems.append(Problem("bad_mask", str(exc)))
+        return Problem("bad_mask", str(exc))
+    return image, mask, unmatched, files
+
+
+def _check_sample(source: SegmentationSource, index: int, report: CheckReport, max_unmatched: float) -> None:
+    """Read and decode one sample; add its pixel counts and problems to `report`."""
+    num_classes = source.classes.num_classes
+    decoded = _decode(source, index)
+    if isinstance(decoded, Problem):
+        report.problems.append(decoded)
         return
+    image, mask, unmatched, files = decoded
     report.num_checked += 1
+    if not isinstance(source, FileSource):  # generated samples: one image and one mask each
+        report.num_images += 1
+        report.num_masks += 1
     mismatch = size_mismatch(image, mask, files)
     if mismatch:
         report.problems.append(Problem("size_mismatch", mismatch))
@@ -139,7 +167,7 @@ def _check_sample(source: FileSource, files: SampleFiles, report: CheckReport, m
     report.unmatched_pixels += unmatched
     bad = out_of_range(histogram, num_classes)
     if bad:
-        report.problems.append(Problem("bad_labels", describe_out_of_range(files.mask, bad, num_classes)))
+        report.problems.append(Problem("bad_labels", describe_out_of_range(files.mask or files.name, bad, num_classes)))
     if unmatched > max_unmatched * mask.size:
         report.problems.append(Problem("unknown_colors", f"mask {files.mask}: {100 * unmatched / mask.size:.2f}% of pixels match no class colour"))
 
@@ -147,8 +175,5 @@ def _check_sample(source: FileSource, files: SampleFiles, report: CheckReport, m
 def run_check(data_config: DataConfig, split: str | None = None, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
               progress: Callable[[int, int], None] | None = None) -> CheckReport:
     """Check `split` (default: the training split) of the dataset described by `data_config`."""
-    if data_config.format == "synthetic":
-        raise DataError("data check scans dataset files; the synthetic format is generated in memory and has none")
-    source = build_source(data_config.format, data_config.root, split or data_config.train_split,
-                          classes_file=data_config.classes_file, options=data_config.options)
+    source = build_source(data_config, split or data_config.train_split)
     return check_dataset(source, max_unmatched=max_unmatched, progress=progress)

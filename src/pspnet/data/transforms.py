@@ -80,9 +80,3 @@ def build_train_transform(augment: AugmentConfig, mean: Sequence[float], std: Se
 def build_eval_transform(mean: Sequence[float], std: Sequence[float]) -> PairTransform:
     """Evaluation keeps the full image: only conversion and normalisation."""
     return PairTransform([], mean, std)
-
-
-def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWxC uint8 array -> normalised float tensor CxHxW (what the model expects)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-    return TF.normalize(tensor, mean=list(mean), std=list(std))

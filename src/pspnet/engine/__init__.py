@@ -1,0 +1,2 @@
+"""Running models over data: the training loop and its run directory, evaluation over a split,
+prediction to files, progress bars and device choice."""

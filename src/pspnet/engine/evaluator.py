@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import EvalConfig
-from ..data.build import iterate
+from ..data.loaders import iterate
+from ..inference.protocol import Inferencer
 from ..metrics import ConfusionMatrix, SegmentationMetrics
-from .inference import Inferencer
-
-# images/s always (tqdm would switch to s/img below 1 img/s) and the remaining time
-PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
-
-
-def progress_bar(total: int, desc: str, enabled: bool, leave: bool = True) -> tqdm:
-    """A progress bar over images showing images/s and the ETA."""
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=leave, dynamic_ncols=True, bar_format=PROGRESS_FORMAT)
+from .progress import progress_bar
 
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,

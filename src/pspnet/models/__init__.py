@@ -1,7 +1,8 @@
-"""Network definitions: encoders, the pyramid pooling module, heads and the PSPNet assembly."""
+"""The networks: encoders (encoders/), the pyramid pooling module, decoder heads and the PSPNet
+assembly, which carries its model card; no dataset, checkpoint or command-line code."""
 
 from .heads import ClassPresenceHead, FCNHead, PSPHead
-from .pspnet import PSPNet
 from .ppm import PyramidPoolingModule
+from .pspnet import PSPNet, create_model
 
-__all__ = ["PSPNet", "PSPHead", "FCNHead", "ClassPresenceHead", "PyramidPoolingModule"]
+__all__ = ["PSPNet", "create_model", "PSPHead", "FCNHead", "ClassPresenceHead", "PyramidPoolingModule"]

@@ -3,50 +3,57 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..card import ModelCard
 from ..classes import ClassInfo
-from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from ..config import Config, EvalConfig, ModelConfig
 from ..errors import ConfigError
+from ..inference.predict import predict_image
 from .encoders import build_encoder
 from .heads import ClassPresenceHead, FCNHead, PSPHead
 
-GREY_MEAN, GREY_STD = 0.449, 0.226
-"""Per-channel normalisation of models whose input is not RGB: the mean of ImageNet's RGB values."""
+
+def resolve_num_classes(configured: int | None, classes: ClassInfo | None) -> int:
+    """The class count: `model.num_classes` if set, else the classes'; they must agree when both are given."""
+    if configured is not None and classes is not None and configured != classes.num_classes:
+        raise ConfigError(f"model.num_classes is {configured} but the dataset has {classes.num_classes} classes")
+    if configured is None and classes is None:
+        raise ConfigError("model.num_classes: required (pass num_classes= or set it in the config)")
+    return configured if configured is not None else classes.num_classes
 
 
 class PSPNet(nn.Module):
     """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017).
 
     `PSPNet(num_classes=19)` builds the paper's model (dilated ResNet-50 with the deep stem, output
-    stride 8, bins 1-2-3-6); any `ModelConfig` field can be passed as a keyword.
+    stride 8, bins 1-2-3-6); any `ModelConfig` field can be passed as a keyword. `classes`, `mean`
+    and `std` fill the model card (`model.card`): class names and colours (default generic) and the
+    input normalisation (default ImageNet's for RGB input).
 
     `forward(x)` returns logits (N, K, H, W) at the input's size, for any H and W. In training mode
     it returns a dict: `out` (main logits), `aux` (auxiliary logits, aux `seg`/`both`) and `cls`
     (class-presence logits (N, K), aux `cls`/`both`).
     """
 
-    def __init__(self, num_classes: int | None = None, config: ModelConfig | None = None, **options: Any):
+    def __init__(self, num_classes: int | None = None, config: ModelConfig | None = None, *,
+                 classes: ClassInfo | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, **options: Any):
         super().__init__()
         config = dataclasses.replace(config or ModelConfig(), **options)
         if num_classes is not None:
             config = dataclasses.replace(config, num_classes=num_classes)
-        if config.num_classes is None:
-            raise ConfigError("model.num_classes: required (pass num_classes= or set it in the config)")
+        config = dataclasses.replace(config, num_classes=resolve_num_classes(config.num_classes, classes))
         self.config = config
-        self.classes = ClassInfo.generic(config.num_classes)
-        if config.in_channels == 3:
-            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        else:
-            self.mean, self.std = (GREY_MEAN,) * config.in_channels, (GREY_STD,) * config.in_channels
+        self.card = ModelCard.create(classes or ClassInfo.generic(config.num_classes), config.in_channels, mean, std)
+        if self.card.in_channels != config.in_channels:
+            raise ConfigError(f"data.mean/std: {self.card.in_channels} values but model.in_channels is {config.in_channels}")
 
         self.encoder = build_encoder(config)
         channels = self.encoder.out_channels
@@ -105,27 +112,41 @@ class PSPNet(nn.Module):
             outputs["cls"] = self.cls_head(features[self.aux_index])
         return outputs
 
-    @torch.inference_mode()
-    def predict(self, image: Any, settings: Any = None) -> np.ndarray:
+    @property
+    def classes(self) -> ClassInfo:
+        return self.card.classes
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.card.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.card.std
+
+    def reset_classifiers(self, classes: ClassInfo) -> list[str]:
+        """Replace the final convs (main and auxiliary) by freshly initialised ones for `classes` (fine-tuning
+        on another label set). Returns the names of the new tensors; every other tensor is untouched."""
+        names = []
+        for head_name in ("decode_head", "aux_head"):
+            head = getattr(self, head_name)
+            if head is None:
+                continue
+            old = head.classifier
+            head.classifier = nn.Conv2d(old.in_channels, classes.num_classes, old.kernel_size, padding=old.padding)
+            names += [f"{head_name}.classifier.{param}" for param, _ in head.classifier.named_parameters()]
+        self.config = dataclasses.replace(self.config, num_classes=classes.num_classes)
+        self.card = dataclasses.replace(self.card, classes=classes)
+        return names
+
+    def predict(self, image: Any, settings: EvalConfig | None = None) -> np.ndarray:
         """Label map (H, W) uint8 of one image: a path, a PIL image or an HxWxC uint8 array.
 
         C is `in_channels` (an HxW array for one channel); paths and PIL images are converted to
         RGB, L (1 channel) or RGBA (4 channels). `settings` is an `EvalConfig` (sliding window,
-        scales, flip); default: the whole image.
+        scales, flip); default: the whole image. See `pspnet.inference.predict`.
         """
-        from ..data.transforms import normalize_image
-        from ..engine.inference import Inferencer
-
-        array = _image_array(image, self.config.in_channels)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            tensor = normalize_image(array, self.mean, self.std).unsqueeze(0).to(device)
-            probs = Inferencer(self, settings).probabilities(tensor)
-        finally:
-            self.train(was_training)
-        return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return predict_image(self, image, settings)
 
 
 def _feature_index(index: int, count: int, key: str) -> int:
@@ -134,27 +155,14 @@ def _feature_index(index: int, count: int, key: str) -> int:
     return index % count
 
 
-def _image_array(image: Any, channels: int) -> np.ndarray:
-    """HxWxC uint8 array of a path, PIL image or array, C = `channels`."""
-    if channels == 3:
-        from ..engine.inference import load_image_array
+def create_model(config: Config | ModelConfig, classes: ClassInfo | None = None) -> PSPNet:
+    """A PSPNet as `config` describes it; `classes` names the classes (and sets num_classes if unset).
 
-        return load_image_array(image)
-    if isinstance(image, (str, Path, Image.Image)):
-        mode = {1: "L", 4: "RGBA"}.get(channels)
-        if mode is None:
-            raise ValueError(f"a {channels}-channel model takes HxWx{channels} uint8 arrays, not image files")
-        if isinstance(image, Image.Image):
-            image = image.convert(mode)
-        else:
-            with Image.open(image) as opened:
-                image = opened.convert(mode)
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] != channels or array.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx{channels} uint8 array, got shape {array.shape} and dtype {array.dtype}")
-    return array
+    With a whole `Config`, the card's normalisation is `data.mean`/`data.std`.
+    """
+    if isinstance(config, Config):
+        return PSPNet(config=config.model, classes=classes, mean=config.data.mean, std=config.data.std)
+    return PSPNet(config=config, classes=classes)
 
 
 def complexity(config: ModelConfig, size: tuple[int, int]) -> dict[str, Any]:
@@ -162,7 +170,7 @@ def complexity(config: ModelConfig, size: tuple[int, int]) -> dict[str, Any]:
 
     Built and run on the meta device: nothing is allocated or computed, and no weights are loaded.
     """
-    config = dataclasses.replace(config, encoder_weights=None, num_classes=config.num_classes or 19)
+    config = dataclasses.replace(config, encoder_weights=None)
     with torch.device("meta"):
         model = PSPNet(config=config).eval()
         image = torch.empty(1, config.in_channels, *size)

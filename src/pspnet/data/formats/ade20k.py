@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...classes import IGNORE_INDEX, ClassInfo, default_palette
-from ...utils.io import list_images
+from ...io.files import list_images
 from .common import FileSource, SampleFiles, index_files, index_mask, match_files
 
 ADE20K_NAMES = (

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...classes import IGNORE_INDEX
 from ...errors import DataError
-from ...utils.io import read_label, read_rgb
+from ...io.images import read_label, read_rgb
 from ..base import Sample, SegmentationSource
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...classes import IGNORE_INDEX
 from ...errors import DataError
-from ...utils.io import list_images
+from ...io.files import list_images
 from ..palettes import color_tolerance, decode_colors, load_classes_file
 from .common import FileSource, SampleFiles, index_files, index_mask, match_files
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ...utils.io import list_images, read_rgb
+from ...io.files import list_images
+from ...io.images import read_rgb
 from ..palettes import color_tolerance, decode_colors, load_classes_file
 from .cityscapes import cityscapes_classes
 from .common import FileSource, SampleFiles, index_files

@@ -21,7 +21,6 @@ as optional, are the one exception: absent ones are set to 0.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -29,24 +28,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from .checkpoint import load_torch_file, save_checkpoint
-from .classes import IGNORE_INDEX, ClassInfo
-from .config import Config, DataConfig, ModelConfig
-from .data.formats.ade20k import ADE20K_CLASSES
-from .data.formats.cityscapes import cityscapes_classes
-from .data.formats.voc import VOC_CLASSES
-from .errors import CheckpointError, ConfigError, DataError
-from .models import PSPNet
-from .models.encoders.resnet import STEMS
-
-DATASET_CLASSES: dict[str, Callable[[], ClassInfo]] = {
-    "cityscapes": cityscapes_classes,
-    "ade20k": lambda: ADE20K_CLASSES,
-    "voc": lambda: VOC_CLASSES,
-}
-"""Datasets whose class names and palette `--dataset` can attach to a checkpoint."""
+from ..classes import IGNORE_INDEX, ClassInfo
+from ..config import Config, DataConfig, ModelConfig
+from ..data.sources import SOURCES, dataset_classes
+from ..errors import CheckpointError, ConfigError, DataError
+from ..io.weights import file_sha256, load_torch_file
+from ..models import PSPNet
+from ..models.encoders.resnet import STEMS
+from ..models.state_dicts import compare_state_dicts
+from .native import save_checkpoint
 
 PAPER_BINS = [1, 2, 3, 6]
 """The pooling grid sizes of both references (they are not stored in the weights)."""
@@ -220,7 +211,7 @@ def _count(state: dict[str, torch.Tensor], prefix_of: Callable[[int], str]) -> i
     return count
 
 
-def convert_state(state: dict[str, torch.Tensor], model: nn.Module, layout: Layout,
+def convert_state(state: dict[str, torch.Tensor], model: PSPNet, layout: Layout,
                   source: str | Path) -> dict[str, torch.Tensor]:
     """`model`'s state dict filled from the file's tensors, or an error listing every mismatch.
 
@@ -228,25 +219,33 @@ def convert_state(state: dict[str, torch.Tensor], model: nn.Module, layout: Layo
     """
     own = model.state_dict()
     names = {key: layout.source_key(key) for key in own}
-    missing = sorted(name for key, name in names.items() if name not in state and not key.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(names.values()))
-    mismatched = sorted(f"{name} (file {tuple(state[name].shape)}, model {tuple(own[key].shape)})"
-                        for key, name in names.items() if name in state and state[name].shape != own[key].shape)
-    if missing or unexpected or mismatched:
-        lines = [f"{source}: the {layout.format} checkpoint does not match the architecture inferred from it "
-                 f"({model.config.encoder}, {model.config.num_classes} classes)"]
-        for title, entries in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if entries:
-                lines.append(f"  {title} ({len(entries)}): " + ", ".join(entries))
-        raise CheckpointError("\n".join(lines))
+    diff = compare_state_dicts(own, state, names, optional=("num_batches_tracked",))
+    if diff:
+        raise CheckpointError(diff.describe(f"{source}: the {layout.format} checkpoint does not match the architecture "
+                                            f"inferred from it ({model.config.encoder}, {model.config.num_classes} classes)"))
     return {key: state[name] if name in state else torch.zeros_like(own[key]) for key, name in names.items()}
 
 
-def read_reference(path: str | Path) -> tuple[PSPNet, str, dict[str, Any]]:
-    """A PSPNet holding a semseg or mmseg checkpoint's weights, the format's name and the file's `meta`.
+@dataclass
+class ReferenceFile:
+    """A semseg or mmseg checkpoint as read: its tensors, their layout, mmseg's `meta` and the architecture."""
 
-    The file is read with `weights_only=True`: no code stored in it runs.
-    """
+    path: Path
+    state: dict[str, torch.Tensor]
+    layout: Layout
+    meta: dict[str, Any]
+    model_config: ModelConfig
+
+    def build_model(self, classes: ClassInfo) -> PSPNet:
+        """An eval-mode PSPNet holding the file's weights, with `classes` in its card."""
+        model = PSPNet(config=self.model_config, classes=classes)
+        model.load_state_dict(convert_state(self.state, model, self.layout, self.path))
+        return model.eval()
+
+
+def read_reference(path: str | Path) -> ReferenceFile:
+    """Read a semseg or mmseg checkpoint with `weights_only=True` (no code stored in it runs) and infer its architecture."""
+    path = Path(path)
     checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict of tensors)")
@@ -256,9 +255,7 @@ def read_reference(path: str | Path) -> tuple[PSPNet, str, dict[str, Any]]:
         raise CheckpointError(f"{path}: not a checkpoint (no state dict of tensors)")
     meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
     layout = detect_layout(state, path, meta)
-    model = PSPNet(config=infer_model_config(state, layout, path))
-    model.load_state_dict(convert_state(state, model, layout, path))
-    return model.eval(), layout.format, meta
+    return ReferenceFile(path, state, layout, meta, infer_model_config(state, layout, path))
 
 
 def meta_classes(meta: dict[str, Any], source: str | Path) -> ClassInfo | None:
@@ -272,13 +269,6 @@ def meta_classes(meta: dict[str, Any], source: str | Path) -> ClassInfo | None:
         return ClassInfo.from_dict({"names": [str(name).strip() for name in names], "palette": palette})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: unusable class names/palette in the checkpoint's meta: {exc}") from None
-
-
-def dataset_classes(name: str) -> ClassInfo:
-    """The classes of a dataset named by `--dataset`."""
-    if name not in DATASET_CLASSES:
-        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(DATASET_CLASSES)}")
-    return DATASET_CLASSES[name]()
 
 
 def resolve_classes(num_classes: int, stored: ClassInfo | None, dataset: str | None,
@@ -299,9 +289,10 @@ def resolve_classes(num_classes: int, stored: ClassInfo | None, dataset: str | N
 
 
 def _dataset_named(names: tuple[str, ...]) -> str | None:
-    for name, classes in DATASET_CLASSES.items():
+    """The first dataset format whose fixed classes have exactly these names."""
+    for name, spec in SOURCES.items():
         try:
-            if classes().names == names:
+            if spec.classes is not None and spec.classes().names == names:
                 return name
         except DataError:  # cityscapes' names need the cityscapesscripts package
             continue
@@ -313,38 +304,10 @@ def load_reference(path: str | Path, dataset: str | None = None) -> tuple[PSPNet
 
     Class names come from the file's meta, else from `dataset` (cityscapes, ade20k, voc), else are generic.
     """
-    model, source_format, meta = read_reference(path)
-    model.classes, data = resolve_classes(model.config.num_classes, meta_classes(meta, path), dataset, path)
-    return model, Config(model=model.config, data=data), {"source_format": source_format}
-
-
-def reinit_classifiers(model: PSPNet, num_classes: int) -> list[str]:
-    """Replace the final 1x1 convs (main and auxiliary) by freshly initialised ones for `num_classes`.
-
-    Returns the names of the new tensors; every other tensor is untouched.
-    """
-    if not 0 < num_classes < IGNORE_INDEX:
-        raise ConfigError(f"--num-classes: expected 1..{IGNORE_INDEX - 1}, got {num_classes}")
-    names = []
-    for head_name in ("decode_head", "aux_head"):
-        head = getattr(model, head_name)
-        if head is None:
-            continue
-        old = head.classifier
-        head.classifier = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, padding=old.padding)
-        names += [f"{head_name}.classifier.{param}" for param, _ in head.classifier.named_parameters()]
-    model.config = dataclasses.replace(model.config, num_classes=num_classes)
-    model.classes = ClassInfo.generic(num_classes)
-    return names
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    reference = read_reference(path)
+    classes, data = resolve_classes(reference.model_config.num_classes, meta_classes(reference.meta, path), dataset, path)
+    model = reference.build_model(classes)
+    return model, Config(model=model.config, data=data), {"source_format": reference.layout.format}
 
 
 def convert_checkpoint(source: str | Path, dest: str | Path, dataset: str | None = None,
@@ -354,17 +317,20 @@ def convert_checkpoint(source: str | Path, dest: str | Path, dataset: str | None
     The metadata records the source format, the source file's name and sha256 and the architecture
     read from it. `num_classes` re-initialises the classifiers for fine-tuning on another label set.
     """
-    model, source_format, meta = read_reference(source)
-    architecture = dataclasses.asdict(model.config)
-    stored = meta_classes(meta, source)
+    reference = read_reference(source)
+    classes, data = resolve_classes(reference.model_config.num_classes, meta_classes(reference.meta, source),
+                                    None if num_classes is not None else dataset, source)
+    model = reference.build_model(classes)
     reinitialised = []
     if num_classes is not None:
-        reinitialised = reinit_classifiers(model, num_classes)
-        stored = None  # the file's names belong to the label set just replaced
-    model.classes, data = resolve_classes(model.config.num_classes, stored, dataset, source)
+        if not 0 < num_classes < IGNORE_INDEX:
+            raise ConfigError(f"--num-classes: expected 1..{IGNORE_INDEX - 1}, got {num_classes}")
+        # the file's names belong to the label set being replaced
+        classes, data = resolve_classes(num_classes, None, dataset, source)
+        reinitialised = model.reset_classifiers(classes)
     config = Config(model=model.config, data=data)
     sha256 = file_sha256(source)
-    converted_from = {"format": source_format, "file": Path(source).name, "sha256": sha256,
-                      "architecture": architecture, "reinitialised": reinitialised}
+    converted_from = {"format": reference.layout.format, "file": Path(source).name, "sha256": sha256,
+                      "architecture": dataclasses.asdict(reference.model_config), "reinitialised": reinitialised}
     path = save_checkpoint(dest, model, config, converted_from=converted_from)
-    return Conversion(path, source_format, sha256, config, model.classes, reinitialised)
+    return Conversion(path, reference.layout.format, sha256, config, classes, reinitialised)

@@ -1,4 +1,4 @@
-"""Datasets and loaders from a `DataConfig`."""
+"""Datasets and loaders from a `DataConfig`: the resumable training stream and evaluation batches."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import SegmentationDataset, SegmentationSource
+from .base import SegmentationDataset
+from .sources import build_source
 from .transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
-
-
-def build_source(data: DataConfig, split: str) -> SegmentationSource:
-    """The dataset format named by `data.format`, for `split` (`train`/`val` or a custom name)."""
-    if data.format == "synthetic":
-        from .synthetic import ContextScenes
-
-        return ContextScenes.from_config(data.synthetic, "train" if split == data.train_split else "val")
-    from .formats import build_source as build_format_source
-
-    return build_format_source(data.format, data.root, split, classes_file=data.classes_file, options=data.options)
 
 
 def build_dataset(data: DataConfig, split: str, train: bool) -> SegmentationDataset:

@@ -1,17 +1,15 @@
-"""File helpers: atomic writes and image reading with errors that name the file."""
+"""Atomic file writes and image-file listing."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from ..errors import DataError
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -50,28 +48,11 @@ def save_image(path: str | Path, image: Image.Image, **save_kwargs) -> None:
         image.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **save_kwargs)
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-    return image
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8 RGB array of an image file; DataError naming the file if it is missing or corrupt."""
-    return np.array(_open(Path(path)).convert("RGB"))
-
-
-def read_label(path: str | Path) -> np.ndarray:
-    """A label image as stored: HxW for index/grey/palette PNGs (palette indices, not colours), HxWx3 for colour."""
-    image = _open(Path(path))
-    if image.mode in ("P", "L", "I", "I;16"):
-        return np.array(image)
-    return np.array(image.convert("RGB"))
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically; NaN is refused (store None for undefined values)."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def list_images(root: str | Path) -> list[Path]:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
+from ...io.weights import read_state_dict
+from ..state_dicts import MAX_LISTED, compare_state_dicts
 
 log = logging.getLogger(__name__)
 
@@ -60,48 +62,39 @@ def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], sourc
     """Load `state` into `encoder`, matching keys as the module docstring says."""
     own = encoder.state_dict()
     by_name = {_normalize(key): key for key in state}
-    tensors, missing, mismatched, adapted = {}, [], [], []
-    for key, target in own.items():
-        name = by_name.get(_normalize(key))
-        if name is None:
-            if not key.endswith("num_batches_tracked"):  # absent from older torchvision files
-                missing.append(key)
-            continue
-        tensor = state[name]
-        if tensor.shape != target.shape:
-            tensor = _adapt_input_conv(tensor, target.shape)
-            if tensor is None:
-                mismatched.append(f"{key}: file {tuple(state[name].shape)} vs encoder {tuple(target.shape)}")
-                continue
-            adapted.append(key)
-        tensors[key] = tensor
-    if missing or mismatched:
-        lines = [f"encoder weights {source} do not match the encoder ({len(tensors)} of {len(own)} tensors matched):"]
-        for title, keys in (("missing", missing), ("wrong shape", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-                lines.append(f"  {title}: {shown}")
-        raise CheckpointError("\n".join(lines))
-    encoder.load_state_dict(tensors, strict=False)
-    used = {by_name[_normalize(key)] for key in tensors}
+    names = {key: by_name.get(_normalize(key), key) for key in own}  # unmatched keys keep their own name: missing
+    tensors, adapted = dict(state), []
+    for key, name in names.items():
+        if name in state and state[name].shape != own[key].shape:
+            converted = _adapt_input_conv(state[name], own[key].shape)
+            if converted is not None:
+                tensors[name] = converted
+                adapted.append(key)
+    diff = compare_state_dicts(own, tensors, names, optional=("num_batches_tracked",))  # absent from older torchvision files
+    if diff.missing or diff.wrong_shape:
+        matched = len(own) - len(diff.missing) - len(diff.wrong_shape)
+        diff.unexpected = []  # a classifier's tensors are expected to be left over
+        raise CheckpointError(diff.describe(f"encoder weights {source} do not match the encoder "
+                                            f"({matched} of {len(own)} tensors matched):", MAX_LISTED))
+    loaded = {key: tensors[name] for key, name in names.items() if name in tensors}
+    encoder.load_state_dict(loaded, strict=False)
+    used = {names[key] for key in loaded}
     unused = sorted(key for key in state if key not in used)
     if unused:
-        shown = ", ".join(unused[:8]) + (", ..." if len(unused) > 8 else "")
+        shown = ", ".join(unused[:MAX_LISTED]) + (", ..." if len(unused) > MAX_LISTED else "")
         log.info("encoder weights %s: %d tensors the encoder does not use (classifier etc.): %s", source, len(unused), shown)
-    return LoadReport(len(tensors), unused, adapted)
+    return LoadReport(len(loaded), unused, adapted)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> LoadReport:
     """Load a local `.safetensors` or torch file (read with `weights_only=True`) into the encoder."""
-    from ...checkpoint import read_state_dict
-
     return load_encoder_state(encoder, read_state_dict(path), str(path))
 
 
 def _weights_cached(pretrained_cfg) -> bool:
     """Whether timm's weights are already in the Hugging Face or torch hub cache (no network needed)."""
     if pretrained_cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # timm's own dependency, needed only here
 
         filename = getattr(pretrained_cfg, "hf_hub_filename", None)
         files = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]

@@ -1,4 +1,4 @@
-"""Turning a model into class probabilities for whole images, under a test-time protocol.
+"""Class probabilities of whole images under a test-time protocol (whole, slide, multi-scale, flip).
 
 `Inferencer` implements the protocol configured by `EvalConfig` (see docs/evaluation.md):
 
@@ -16,28 +16,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..config import EvalConfig
-from ..utils.io import read_rgb
-
-
-def load_image_array(image: Any) -> np.ndarray:
-    """HxWx3 uint8 RGB array from a path, a PIL image or an array."""
-    if isinstance(image, (str, Path)):
-        return read_rgb(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {array.shape} and dtype {array.dtype}")
-    return array
 
 
 def scaled_size(height: int, width: int, scale: float, base_size: int | None = None, resize: str = "long") -> tuple[int, int]:
@@ -82,7 +66,7 @@ def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class Inferencer:
     """Class probabilities (N, K, H, W) of normalised image batches under an evaluation protocol."""
 
-    def __init__(self, model: torch.nn.Module, settings: EvalConfig | None = None):
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], settings: EvalConfig | None = None):
         self.model = model
         self.settings = settings or EvalConfig()
 

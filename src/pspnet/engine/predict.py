@@ -11,12 +11,13 @@ from PIL import Image
 
 from ..classes import ClassInfo
 from ..config import EvalConfig
-from ..data.transforms import normalize_image
+from ..data.formats.cityscapes import cityscapes_classes, train_id_to_label_id
 from ..errors import ConfigError, DataError
-from ..utils.io import IMAGE_EXTENSIONS, list_images, read_rgb, save_image
+from ..inference.predict import predict_array
+from ..io.files import IMAGE_EXTENSIONS, list_images, save_image
+from ..io.images import read_image
 from ..visualize import colorize, overlay, save_label_png
-from .evaluator import progress_bar
-from .inference import Inferencer
+from .progress import progress_bar
 
 OUTPUT_FORMATS = ("pspnet", "cityscapes")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
@@ -50,30 +51,31 @@ def cityscapes_prediction_name(relative: Path) -> Path:
     return relative.with_name(relative.stem.removesuffix(CITYSCAPES_IMAGE_SUFFIX) + "_labelIds.png")
 
 
+def displayable(image: np.ndarray) -> np.ndarray:
+    """An HxWx3 RGB view of a model input for overlays: grey repeated, extra channels (alpha, infrared) dropped."""
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+
+
 def _write_pspnet(out_dir: Path, relative: Path, image: np.ndarray, label: np.ndarray, classes: ClassInfo) -> Path:
     """`labels/` (palette PNG, value = class id), `color/` and `overlay/`; returns the label file."""
     stem = relative.with_suffix("")
     label_path = out_dir / "labels" / f"{stem}.png"
     save_label_png(label_path, label, classes)
     save_image(out_dir / "color" / f"{stem}.png", Image.fromarray(colorize(label, classes)))
-    save_image(out_dir / "overlay" / f"{stem}.jpg", Image.fromarray(overlay(image, label, classes)), quality=90)
+    save_image(out_dir / "overlay" / f"{stem}.jpg", Image.fromarray(overlay(displayable(image), label, classes)), quality=90)
     return label_path
 
 
 def _check_cityscapes_model(model: torch.nn.Module) -> None:
-    """ConfigError unless `model` predicts the 19 Cityscapes train ids."""
-    from ..data.formats.cityscapes import cityscapes_classes  # DataError without cityscapesscripts
-
-    if model.classes.num_classes != cityscapes_classes().num_classes:
+    """ConfigError unless `model` predicts the 19 Cityscapes train ids (DataError without cityscapesscripts)."""
+    if model.card.num_classes != cityscapes_classes().num_classes:
         raise ConfigError(f"the cityscapes output format needs a model of the {cityscapes_classes().num_classes} "
-                          f"Cityscapes train classes; this one predicts {model.classes.num_classes}")
+                          f"Cityscapes train classes; this one predicts {model.card.num_classes}")
 
 
 def _write_cityscapes(out_dir: Path, relative: Path, label: np.ndarray) -> Path:
     """A greyscale PNG of Cityscapes label ids (train ids mapped back), nothing else: the evaluator
     refuses a folder holding two files for one image."""
-    from ..data.formats.cityscapes import train_id_to_label_id
-
     path = out_dir / cityscapes_prediction_name(relative)
     save_image(path, Image.fromarray(train_id_to_label_id()[label]))
     return path
@@ -95,16 +97,13 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
     if output_format == "cityscapes":
         _check_cityscapes_model(model)
     out_dir = Path(out_dir)
-    inferencer = Inferencer(model.eval(), settings)
-    device = next(model.parameters()).device
 
     def segment(path: Path, relative: Path) -> Path:
-        image = read_rgb(path)
-        tensor = normalize_image(image, model.mean, model.std).unsqueeze(0).to(device)
-        label = inferencer.probabilities(tensor).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        image = read_image(path, model.card.in_channels)
+        label = predict_array(model, image, settings)
         if output_format == "cityscapes":
             return _write_cityscapes(out_dir, relative, label)
-        return _write_pspnet(out_dir, relative, image, label, model.classes)
+        return _write_pspnet(out_dir, relative, image, label, model.card.classes)
 
     report = PredictionReport()
     files = collect_inputs(inputs)

@@ -1,0 +1,53 @@
+"""`pspnet data check` and `pspnet data preview`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_set
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect a dataset (check, preview)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = data_sub.add_parser("check", help="scan a dataset split and report every problem",
+                                description="Counts, class pixel frequencies and every problem with its file name; "
+                                            "exits 1 when problems are found.")
+    check.add_argument("config")
+    check.add_argument("--split", help="split to scan (default: the training split)")
+    add_set(check)
+    check.set_defaults(run=run_check)
+    preview = data_sub.add_parser("preview", help="grid of images with their masks and a class legend")
+    preview.add_argument("config")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--split", help="split to show (default: the training split)")
+    preview.add_argument("--count", type=int, default=8, help="number of samples (default 8)")
+    add_set(preview)
+    preview.set_defaults(run=run_preview)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..data.check import run_check as check  # heavy (numpy, PIL, torch via data): only when the command runs
+
+    config = load_config(args.config, args.overrides)
+    report = check(config.data, args.split or config.data.train_split)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..data.sources import build_source  # heavy (numpy, PIL, torch via data): only when the command runs
+    from ..io.files import save_image
+    from ..visualize import preview_grid
+
+    config = load_config(args.config, args.overrides)
+    split = args.split or config.data.train_split
+    source = build_source(config.data, split)
+    count = max(1, min(args.count, len(source)))
+    step = max(1, len(source) // count)
+    items = [(sample.image, sample.mask) for sample in (source.load(i * step) for i in range(count))]
+    save_image(args.out, preview_grid(items, source.classes))
+    print(f"preview of {count} samples of {config.data.format}/{split}: {args.out}")
+    return 0

@@ -1,0 +1,90 @@
+"""`pspnet evaluate` and `pspnet predict`: a checkpoint under an inference protocol."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .common import add_device, add_protocol_flags, add_set, load_for_inference
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
+                              description="Per-class IoU, mIoU, mAcc and aAcc of CHECKPOINT on a dataset split.")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
+    evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
+    add_set(evaluate)
+    evaluate.add_argument("--out", help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
+                                        "beside it (default: next to the checkpoint)")
+    evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
+    add_device(evaluate)
+    add_protocol_flags(evaluate)
+    evaluate.add_argument("--absent", choices=["exclude", "zero"],
+                          help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
+                               "Cityscapes) or counted as IoU 0 (semseg)")
+    evaluate.set_defaults(run=run_evaluate)
+
+    predict = sub.add_parser("predict", help="segment images", description="Segment image files or folders.")
+    predict.add_argument("checkpoint")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--format", dest="output_format", choices=["pspnet", "cityscapes"], default="pspnet",
+                         help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
+                              "X_leftImg8bit.png, for the official evaluator and benchmark submissions")
+    add_set(predict)
+    add_device(predict)
+    add_protocol_flags(predict)
+    predict.set_defaults(run=run_predict)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    # heavy (torch): only when the command runs
+    from ..data.loaders import build_dataset, build_eval_loader
+    from ..engine.evaluator import evaluate
+    from ..errors import ConfigError
+    from ..io.files import write_json
+    from ..report.results import metrics_to_dict, save_csv
+    from ..report.table import format_table
+
+    model, config = load_for_inference(args)
+    split = args.split or config.data.val_split
+    dataset = build_dataset(config.data, split, train=False)
+    if dataset.classes.num_classes != model.card.num_classes:
+        raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
+                          f"{dataset.classes.num_classes}")
+    device = next(model.parameters()).device
+    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device)
+    metrics = evaluate(model, loader, model.card.num_classes, config.eval, device, progress=not args.quiet)
+    protocol = config.eval.describe()
+    names = model.card.classes.names
+    print(format_table(metrics, names, title=f"{args.checkpoint} on {config.data.format}/{split}", protocol=protocol))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".eval-{split}.json")
+    result = metrics_to_dict(metrics, names, protocol=protocol)
+    result["eval_config"] = dataclasses.asdict(config.eval)
+    write_json(out, result)
+    save_csv(out.with_suffix(".csv"), metrics, names)
+    print(f"results: {out} and {out.with_suffix('.csv')}")
+    if args.confusion:
+        from ..visualize import confusion_heatmap
+
+        confusion_heatmap(metrics.confusion, names, args.confusion)
+        print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..engine.predict import predict_files  # heavy (torch): only when the command runs
+
+    model, config = load_for_inference(args)
+    report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet, output_format=args.output_format)
+    written = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/"
+    print(f"wrote {len(report.written)} predictions to {args.out} ({written}); protocol: {config.eval.describe()}")
+    for path, message in report.failed:
+        print(f"failed: {path}: {message}", file=sys.stderr)
+    if report.failed:
+        print(f"{len(report.failed)} of {len(report.failed) + len(report.written)} inputs failed", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,39 @@
+"""The `pspnet` entry point: builds the parser from the command modules and turns errors into one line.
+
+Errors caused by the user's input (bad config, missing file, corrupt checkpoint) print one line
+starting with `error:` and exit with status 2; a prediction run in which some inputs failed exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import PSPNetError
+from . import data, evaluate, info, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet semantic segmentation toolkit.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train.add_parser(sub)
+    evaluate.add_parsers(sub)
+    data.add_parser(sub)
+    info.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except PSPNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

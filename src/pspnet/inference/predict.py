@@ -1,0 +1,52 @@
+"""One route from an image to a label map, used by `model.predict`, `pspnet predict` and every backend.
+
+A model here is anything callable on a normalised (N, C, H, W) float batch that returns logits at
+the input size, with a `card` (`pspnet.card.ModelCard`: classes, mean/std, input channels).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..config import EvalConfig
+from ..io.images import read_image
+from .protocol import Inferencer
+
+
+def image_to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """HxWxC uint8 array -> normalised float tensor CxHxW (what the model expects)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return tensor.sub_(mean_t).div_(std_t)
+
+
+def model_device(model: Any) -> torch.device:
+    """Where `model`'s parameters live (CPU for models without parameters, e.g. other backends)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if parameters is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
+    """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count."""
+    card = model.card
+    tensor = image_to_tensor(image, card.mean, card.std).unsqueeze(0).to(model_device(model))
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        probabilities = Inferencer(model, settings).probabilities(tensor)
+    finally:
+        if was_training:
+            model.train()
+    return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_image(model: Any, image: Any, settings: EvalConfig | None = None) -> np.ndarray:
+    """Label map (H, W) uint8 of one image: a path, a PIL image or an array (see `read_image`)."""
+    return predict_array(model, read_image(image, model.card.in_channels), settings)
