@@ -96,7 +96,8 @@ def test_pairs_check_reports_unknown_colour_fraction(tmp_path):
     source = open_source("pairs", tmp_path, "val", classes_file=classes_file)
     clean = check_dataset(source)
     assert clean.ok and clean.class_pixels.tolist() == [8, 8]
-    strict = check_dataset(open_source("pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 2}))
+    strict = check_dataset(open_source("pairs", tmp_path, "val", classes_file=classes_file,
+                                       options={"color_tolerance": 2, "min_region": 0}))
     assert [p.kind for p in strict.problems] == ["unknown_colors"]
     assert "1.png" in strict.problems[0].message and "50.00%" in strict.problems[0].message
 
@@ -130,3 +131,63 @@ def test_synthetic_data_is_checked_sample_by_sample():
     expected = sum(np.bincount(source.load(i).mask.ravel(), minlength=11) for i in range(3))
     np.testing.assert_array_equal(report.class_pixels, expected)
     assert "OK: no problems found" in report.format()
+
+
+def _jpeg_pairs(root: Path, count: int, quality: int) -> list[np.ndarray]:
+    """Cityscapes-coloured masks of random rectangles, saved as JPEG pairs (photo | mask); returns the true ids."""
+    from pspnet.data.formats.cityscapes import cityscapes_classes
+
+    palette = np.array(cityscapes_classes().palette, dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    truths = []
+    for index in range(count):
+        ids = np.zeros((128, 128), np.uint8)
+        ids[:64] = 10  # sky over road
+        for _ in range(8):
+            y, x = rng.integers(0, 110, 2)
+            ids[y : y + rng.integers(10, 40), x : x + rng.integers(10, 40)] = rng.integers(0, 19)
+        pair = np.concatenate([rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), palette[ids]], axis=1)
+        (root / "val").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pair).save(root / "val" / f"{index}.jpg", quality=quality)
+        truths.append(ids)
+    return truths
+
+
+def test_jpeg_pairs_decode_without_stray_classes_and_pass_the_check(tmp_path):
+    """JPEG colour bleed at class boundaries neither fails `data check` nor creates classes that are not there."""
+    truths = _jpeg_pairs(tmp_path, 6, quality=85)
+    cleaned = open_source("pairs", tmp_path, "val")
+    raw = open_source("pairs", tmp_path, "val", options={"min_region": 0})
+    report = check_dataset(cleaned)
+    assert report.ok, report.format()
+    stray = {"cleaned": 0, "raw": 0}
+    for index, truth in enumerate(truths):
+        for name, source in (("cleaned", cleaned), ("raw", raw)):
+            ids = source.load(index).mask
+            stray[name] += len(set(np.unique(ids).tolist()) - {255} - set(np.unique(truth).tolist()))
+        ids = cleaned.load(index).mask
+        assert np.mean(ids == truth) > 0.985
+    assert stray["cleaned"] <= 1 < stray["raw"], stray
+    assert check_dataset(raw).problems  # without cleaning, JPEG noise exceeds the 1% of unmatched pixels
+
+
+def test_a_large_patch_of_an_unknown_colour_stays_unmatched(tmp_path):
+    classes_file = tmp_path / "classes.yaml"
+    classes_file.write_text("names: [sky, grass]\npalette: [[0, 0, 255], [0, 255, 0]]\n")
+    mask = np.zeros((32, 32, 3), dtype=np.uint8)
+    mask[:, :16] = (0, 0, 255)
+    mask[:, 16:] = (255, 0, 0)  # a colour of no class, 512 pixels
+    save(tmp_path / "val/1.png", np.concatenate([np.zeros((32, 32, 3), dtype=np.uint8), mask], axis=1))
+    ids = open_source("pairs", tmp_path, "val", classes_file=classes_file).load(0).mask
+    assert (ids[:, :16] == 0).all() and (ids[:, 16:] == 255).all()
+
+
+def test_unmatched_threshold_is_a_setting(tmp_path, capsys):
+    from pspnet.cli import main
+
+    _jpeg_pairs(tmp_path, 2, quality=85)
+    config = tmp_path / "pairs.yaml"
+    config.write_text(f"data: {{format: pairs, root: {tmp_path}, train_split: val, options: {{min_region: 0}}}}\n")
+    assert main(["data", "check", str(config)]) == 1
+    assert "unknown_colors" in capsys.readouterr().out
+    assert main(["data", "check", str(config), "--max-unmatched", "0.2"]) == 0

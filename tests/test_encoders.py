@@ -145,7 +145,7 @@ def test_in_channels(family, channels):
     image = np.random.default_rng(0).integers(0, 255, (29, 35, channels), dtype=np.uint8)
     label = model.predict(image[..., 0] if channels == 1 else image)
     assert label.shape == (29, 35)
-    with pytest.raises(ValueError, match=f"HxWx{channels} uint8"):
+    with pytest.raises(ValueError, match=f"HxWx{channels} image"):
         model.predict(np.zeros((29, 35, 3), dtype=np.uint8))
 
 

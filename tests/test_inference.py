@@ -15,6 +15,7 @@ from pspnet.models import create_model
 from pspnet.cli import main
 from pspnet.config import Config, EvalConfig
 from pspnet.data.synthetic import ContextScenes
+from pspnet.engine.predict import PredictionReport
 from pspnet.inference.protocol import Inferencer, scaled_size, window_grid, window_starts
 from pspnet.errors import ConfigError
 
@@ -226,9 +227,9 @@ def test_protocol_flag_replaces_the_stored_settings_and_flags_change_it(checkpoi
 def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_predict_files(model, inputs, out, settings, progress, output_format):
+    def fake_predict_files(model, inputs, out, settings, progress, output_format, skip_existing):
         seen.update(settings=settings, output_format=output_format)
-        return type("Report", (), {"written": [], "failed": []})()
+        return PredictionReport()
 
     monkeypatch.setattr("pspnet.engine.predict.predict_files", fake_predict_files)
     args = ["--quiet", "predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path / "out"),

@@ -104,7 +104,7 @@ def test_resume_rejects_changed_config_and_existing_run(tmp_path):
         Trainer(cfg, tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="differs from the run's .* in model.dropout"):
         Trainer(cfg.replace(["model.dropout=0.3"]), tmp_path / "run", resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="no resume state"):
+    with pytest.raises(CheckpointError, match="holds no run"):
         Trainer(cfg, tmp_path / "empty", resume=True, progress=False)
 
 
@@ -210,8 +210,13 @@ def test_skip_bad_logs_and_continues(tmp_path, caplog):
     trainer = Trainer(cfg.replace(["data.skip_bad=true", "data.synthetic.num_train=4"]), tmp_path / "run", progress=False)
     trainer.train_set.source = _BadAfter(trainer.train_set.source, 3)
     with caplog.at_level("WARNING"):
-        assert trainer.train().iteration == 4
-    assert "skipping bad sample: cannot read image /data/images/00003.png" in caplog.text
+        result = trainer.train()
+    assert result.iteration == 4
+    # 4 iterations of batch 2 over 4 samples: the bad one is met twice, reported once, then counted
+    warnings = [r.getMessage() for r in caplog.records if "skipping bad sample" in r.getMessage()]
+    assert warnings == ["skipping bad sample (data.skip_bad): cannot read image /data/images/00003.png: broken PNG"]
+    assert result.skipped.count == 2 and list(result.skipped.messages.values()) == [2]
+    assert "skipped 2 bad sample(s) from 1 file(s)" in caplog.text
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""Device names pspnet accepts: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -184,6 +188,7 @@ class TrainConfig:
         _check(self.lr_power >= 0, "train.lr_power", "a non-negative float", self.lr_power)
         for key in ("log_interval", "eval_interval", "checkpoint_interval"):
             _check(getattr(self, key) >= 1, f"train.{key}", "a positive int", getattr(self, key))
+        _check(DEVICE_PATTERN.fullmatch(self.device) is not None, "train.device", "auto, cpu, cuda or cuda:N", self.device)
         _check(self.aux_weight >= 0, "train.aux_weight", "a non-negative float", self.aux_weight)
         _check(self.cls_weight >= 0, "train.cls_weight", "a non-negative float", self.cls_weight)
 
@@ -233,6 +238,9 @@ class EvalConfig:
     """Average with the horizontally flipped image's probabilities. Default false."""
     window_batch: int = 1
     """Windows per forward pass in `slide` mode (flip doubles the batch)."""
+    max_pixels: int | None = None
+    """Largest input image (width x height) that predict and evaluate accept; larger ones are refused from
+    the file header, before decoding. Null: `pixel_cap()` of the inference settings."""
     batch_size: int = 1
     absent: Literal["exclude", "zero"] = "exclude"
     """Classes absent from ground truth and prediction: `exclude` from the mean (mmseg, Cityscapes)
@@ -252,6 +260,7 @@ class EvalConfig:
         _check(self.base_size is None or self.base_size >= 1, "eval.base_size", "a positive int or null", self.base_size)
         _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "eval.scales", "a non-empty list of positive floats", self.scales)
         _check(self.window_batch >= 1, "eval.window_batch", "a positive int", self.window_batch)
+        _check(self.max_pixels is None or self.max_pixels >= 1, "eval.max_pixels", "a positive int or null", self.max_pixels)
         _check(self.batch_size >= 1, "eval.batch_size", "a positive int", self.batch_size)
 
     @classmethod
@@ -298,6 +307,26 @@ class EvalConfig:
         changed = self.changed_from_protocol()
         name = f"{self.protocol} (changed: {', '.join(changed)})" if changed else self.protocol
         return f"{name}: {text}"
+
+    WHOLE_MAX_PIXELS: typing.ClassVar[int] = 8_000_000
+    """Default cap in `whole` mode: memory grows with the image (PSPNet-R50 at output stride 8 needs about
+    1.1 GiB per million pixels, twice that with flip)."""
+    SLIDE_MAX_PIXELS: typing.ClassVar[int] = 100_000_000
+    """Default cap for sliding windows at one scale: the network sees crops, and the probabilities are
+    decided band by band, so memory grows with the image width only (about 0.3 GB per 10 M pixels for input and labels)."""
+    RESIZED_MAX_PIXELS: typing.ClassVar[int] = 40_000_000
+    """Default cap when images are resized (several scales, or `base_size`): full-size probability maps
+    (4 bytes x classes per pixel) are accumulated."""
+
+    def pixel_cap(self) -> int:
+        """`max_pixels`, or the default cap of these inference settings."""
+        if self.max_pixels is not None:
+            return self.max_pixels
+        if self.mode == "whole":
+            return self.WHOLE_MAX_PIXELS
+        if self.scales == [1.0] and self.base_size is None:
+            return self.SLIDE_MAX_PIXELS
+        return self.RESIZED_MAX_PIXELS
 
     @property
     def window_stride(self) -> tuple[int, int]:

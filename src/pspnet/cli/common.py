@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import Config, EvalConfig
+from ..config import DEVICE_PATTERN, Config, EvalConfig
 
-PROTOCOL_FLAGS = ("mode", "crop_size", "stride", "base_size", "resize", "scales", "flip", "window_batch", "absent")
+PROTOCOL_FLAGS = ("mode", "crop_size", "stride", "base_size", "resize", "scales", "flip", "window_batch", "max_pixels", "absent")
 
 
 def add_set(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +18,15 @@ def add_set(parser: argparse.ArgumentParser) -> None:
                         help="override config keys, e.g. --set train.max_iters=2000 model.dropout=0.2")
 
 
+def device_name(text: str) -> str:
+    """argparse type of `--device`: a name torch would understand and pspnet supports."""
+    if DEVICE_PATTERN.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"unknown device '{text}'; expected auto, cpu, cuda or cuda:N")
+    return text
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +42,9 @@ def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scales", type=float, nargs="+", metavar="S", help="test scales, e.g. 0.5 0.75 1 1.25 1.5 1.75")
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="average with the mirrored image")
     group.add_argument("--window-batch", type=int, metavar="N", help="windows per forward pass")
+    group.add_argument("--max-pixels", type=int, metavar="N",
+                       help="refuse larger images, from the file header (default: 8 M whole image, 100 M sliding "
+                            "window at one scale, 40 M when resizing)")
 
 
 def _square(value: list[int] | None) -> list[int] | None:
@@ -61,15 +72,18 @@ def inference_config(config: Config, args: argparse.Namespace) -> Config:
 
 
 def load_for_inference(args: argparse.Namespace):
-    """Model (on `--device`) from the checkpoint and the effective config: the checkpoint's (or
-    `--config`'s data and eval sections), then the protocol flags and `--set` items."""
+    """Model (on `--device`), the effective config and the checkpoint file: the checkpoint's config (or
+    `--config`'s data and eval sections), then the protocol flags and `--set` items. A run directory
+    stands for its best (else last) checkpoint."""
     from ..checkpoint import load_checkpoint  # heavy (torch, timm): only when a command runs
     from ..config import load_config
     from ..engine.device import resolve_device
+    from ..engine.run_dir import RunDirectory
 
-    model, config, _ = load_checkpoint(args.checkpoint)
+    checkpoint = RunDirectory(args.checkpoint).checkpoint() if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
+    model, config, _ = load_checkpoint(checkpoint)
     if getattr(args, "config", None):
         other = load_config(args.config)
         config = Config(model=config.model, data=other.data, train=config.train, eval=other.eval)
     config = inference_config(config, args)
-    return model.to(resolve_device(args.device)), config
+    return model.to(resolve_device(args.device)), config, checkpoint

@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                             "exits 1 when problems are found.")
     check.add_argument("config")
     check.add_argument("--split", help="split to scan (default: the training split)")
+    check.add_argument("--max-unmatched", type=float, default=0.01, metavar="FRACTION",
+                       help="largest fraction of a colour mask's pixels that may match no class colour before the "
+                            "file is reported (default 0.01)")
     add_set(check)
     check.set_defaults(run=run_check)
     preview = data_sub.add_parser("preview", help="grid of images with their masks and a class legend")
@@ -31,7 +34,7 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.check import run_check as check  # heavy (numpy, PIL, torch via data): only when the command runs
 
     config = load_config(args.config, args.overrides)
-    report = check(config.data, args.split or config.data.train_split)
+    report = check(config.data, args.split or config.data.train_split, max_unmatched=args.max_unmatched)
     print(report.format())
     return 0 if report.ok else 1
 

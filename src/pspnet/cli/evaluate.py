@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 from .common import add_device, add_protocol_flags, add_set, load_for_inference
 
+log = logging.getLogger("pspnet")
+
+CHECKPOINT_HELP = "a .safetensors checkpoint (semseg and mmseg .pth files too), or a run directory (its best, else last, checkpoint)"
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
                               description="Per-class IoU, mIoU, mAcc and aAcc of CHECKPOINT on a dataset split.")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
     evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
     add_set(evaluate)
@@ -27,13 +32,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                "Cityscapes) or counted as IoU 0 (semseg)")
     evaluate.set_defaults(run=run_evaluate)
 
-    predict = sub.add_parser("predict", help="segment images", description="Segment image files or folders.")
-    predict.add_argument("checkpoint")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    predict = sub.add_parser("predict", help="segment images", description="Segment image files or folders. Outputs "
+                             "keep each input's path relative to the folder all inputs share, so names never collide.",
+                             epilog="Exit status: 0, or 1 when some inputs could not be read (the others are written).")
+    predict.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--format", dest="output_format", choices=["pspnet", "cityscapes"], default="pspnet",
                          help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
                               "X_leftImg8bit.png, for the official evaluator and benchmark submissions")
+    predict.add_argument("--skip-existing", action="store_true",
+                         help="skip inputs whose outputs are all there (an interrupted image is redone)")
     add_set(predict)
     add_device(predict)
     add_protocol_flags(predict)
@@ -43,26 +52,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     # heavy (torch): only when the command runs
     from ..data.loaders import build_dataset, build_eval_loader
-    from ..engine.evaluator import evaluate
+    from ..engine.evaluator import UPSAMPLING_WARNING, evaluate, protocol_cost
     from ..errors import ConfigError
+    from ..inference.protocol import upsampling_factor
     from ..io.files import write_json
     from ..report.results import metrics_to_dict, save_csv
     from ..report.table import format_table
 
-    model, config = load_for_inference(args)
+    model, config, checkpoint = load_for_inference(args)
     split = args.split or config.data.val_split
-    dataset = build_dataset(config.data, split, train=False)
+    dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
     if dataset.classes.num_classes != model.card.num_classes:
         raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
                           f"{dataset.classes.num_classes}")
     device = next(model.parameters()).device
+    if len(dataset):
+        height, width = dataset.source.load(0).image.shape[:2]
+        if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
+            cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
+            log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
     loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device)
     metrics = evaluate(model, loader, model.card.num_classes, config.eval, device, progress=not args.quiet)
     protocol = config.eval.describe()
     names = model.card.classes.names
-    print(format_table(metrics, names, title=f"{args.checkpoint} on {config.data.format}/{split}", protocol=protocol))
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".eval-{split}.json")
+    print(format_table(metrics, names, title=f"{checkpoint} on {config.data.format}/{split}", protocol=protocol))
+    out = Path(args.out) if args.out else checkpoint.with_suffix(f".eval-{split}.json")
     result = metrics_to_dict(metrics, names, protocol=protocol)
+    result["inputs"] = {"checkpoint": str(checkpoint), "dataset": config.data.format, "root": config.data.root,
+                        "split": split, "images": len(dataset)}
     result["eval_config"] = dataclasses.asdict(config.eval)
     write_json(out, result)
     save_csv(out.with_suffix(".csv"), metrics, names)
@@ -78,13 +95,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from ..engine.predict import predict_files  # heavy (torch): only when the command runs
 
-    model, config = load_for_inference(args)
-    report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet, output_format=args.output_format)
-    written = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/"
-    print(f"wrote {len(report.written)} predictions to {args.out} ({written}); protocol: {config.eval.describe()}")
-    for path, message in report.failed:
-        print(f"failed: {path}: {message}", file=sys.stderr)
+    model, config, _ = load_for_inference(args)
+    report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
+                           output_format=args.output_format, skip_existing=args.skip_existing)
+    written = len(report.written)
+    what = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/"
+    if written:
+        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({what}); "
+              f"protocol: {config.eval.describe()}")
+    else:
+        print("no predictions written")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} input(s) whose outputs were complete (--skip-existing)")
+    for _, message in report.failed:
+        print(f"failed: {message}", file=sys.stderr)
     if report.failed:
-        print(f"{len(report.failed)} of {len(report.failed) + len(report.written)} inputs failed", file=sys.stderr)
+        total = len(report.failed) + written + len(report.skipped)
+        print(f"{len(report.failed)} of {total} inputs failed", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from .. import __version__
 from ..errors import PSPNetError
 from . import data, evaluate, info, train
 
@@ -17,6 +18,7 @@ from . import data, evaluate, info, train
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet semantic segmentation toolkit.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--version", action="version", version=f"pspnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parsers(sub)
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except PSPNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: files already written are complete (atomic writes)
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

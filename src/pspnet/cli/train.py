@@ -1,20 +1,41 @@
-"""`pspnet train`."""
+"""`pspnet train`: start a run from a config, or continue one with `--resume RUN_DIR`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from .common import add_set
+
+RUN_CONFIG = "config.yaml"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a model", description="Train PSPNet as CONFIG describes.")
-    parser.add_argument("config", help="YAML config (see configs/)")
+    parser = sub.add_parser(
+        "train", help="train a model",
+        description="Train PSPNet as CONFIG describes, or continue a run: `pspnet train --resume RUN_DIR` (its "
+                    "config.yaml, with --set changes such as a larger train.max_iters).",
+        epilog="Exit status: 0 when the run finished, 130 (Ctrl-C) or 143 (SIGTERM) when it was stopped after "
+               "saving (continue it with --resume), 2 on bad input.")
+    parser.add_argument("config", nargs="?", help="YAML config (see configs/); optional with --resume RUN_DIR")
     add_set(parser)
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR (or --out) from its last checkpoint")
     parser.set_defaults(run=run)
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Path, str | Path]:
+    """The run directory and the config file of a `train` command line."""
+    resume_dir = args.resume if isinstance(args.resume, str) else None
+    if resume_dir and args.out and Path(resume_dir) != Path(args.out):
+        raise ConfigError(f"--resume {resume_dir} and --out {args.out} name different run directories")
+    if args.config is None:
+        if resume_dir is None:
+            raise ConfigError("give a CONFIG to start a run, or --resume RUN_DIR to continue one")
+        return Path(resume_dir), Path(resume_dir) / RUN_CONFIG
+    return Path(resume_dir or args.out or Path("runs") / Path(args.config).stem), args.config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.trainer import Trainer  # heavy (torch, timm): only when training runs
     from ..report.table import format_table
 
-    config = load_config(args.config, args.overrides)
-    run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
-    trainer = Trainer(config, run_dir, resume=args.resume, progress=not args.quiet)
+    run_dir, config_path = resolve_run(args)
+    if args.config is None and not Path(config_path).is_file():
+        raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
+    config = load_config(config_path, args.overrides)
+    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
     result = trainer.train()
     if result.metrics is not None:
         print(format_table(result.metrics, trainer.classes.names, title=f"validation at iteration {result.iteration}"))
@@ -32,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"last checkpoint: {result.last_checkpoint}")
     if result.best_checkpoint:
         print(f"best checkpoint: {result.best_checkpoint} (val mIoU {100 * result.best_miou:.2f})")
+    if result.skipped is not None and result.skipped.count:
+        print(result.skipped.summary())
     if result.stopped_early:
-        print(f"stopped at iteration {result.iteration}; continue with: pspnet train {args.config} --out {run_dir} --resume")
+        print(f"stopped at iteration {result.iteration}; continue with: pspnet train --resume {run_dir}")
+        return 128 + result.stop_signal if result.stop_signal else 0
     return 0

@@ -6,7 +6,6 @@ A *source* knows where samples are and how to decode them into numpy arrays with
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,8 +15,6 @@ from torch.utils.data import Dataset
 
 from ..classes import ClassInfo
 from ..errors import DataError
-
-log = logging.getLogger(__name__)
 
 MAX_SUBSTITUTES = 16
 """With `skip_bad`, how many following samples may stand in for a bad one."""
@@ -60,10 +57,21 @@ class SegmentationDataset(Dataset):
     `--resume` reproduce an uninterrupted run exactly, whatever the number of loader workers.
     """
 
-    def __init__(self, source: SegmentationSource, transform: SampleTransform, skip_bad: bool = False):
+    def __init__(self, source: SegmentationSource, transform: SampleTransform, skip_bad: bool = False,
+                 max_pixels: int | None = None):
         self.source = source
         self.transform = transform
         self.skip_bad = skip_bad
+        self.max_pixels = max_pixels
+
+    def _load(self, index: int) -> Sample:
+        """The source's sample, refused (DataError) when it is larger than `max_pixels`."""
+        sample = self.source.load(index)
+        height, width = sample.image.shape[:2]
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise DataError(f"sample {sample.name}: the image is {width}x{height} ({height * width / 1e6:.1f} M pixels), "
+                            f"more than the cap of {self.max_pixels / 1e6:.1f} M pixels (eval.max_pixels / --max-pixels)")
+        return sample
 
     @property
     def classes(self) -> ClassInfo:
@@ -74,20 +82,23 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """The transformed sample. A bad file gives `{"error": message}`, re-raised as a DataError in
-        the main process by `data.build.iterate` (without the loader worker's traceback). With
-        `skip_bad` it is logged and the next readable sample takes its place, so batches keep their size."""
+        the main process by `data.loaders.iterate` (without the loader worker's traceback). With
+        `skip_bad` the next readable sample takes its place, so batches keep their size, and the bad
+        file's message travels in `skipped` to the main process, which warns once per file."""
         index, seed = key if isinstance(key, tuple) else (key, None)
+        skipped = []
         for attempt in range(min(len(self.source), MAX_SUBSTITUTES + 1)):
             candidate = (index + attempt) % len(self.source)
             try:
-                sample = self.source.load(candidate)
+                sample = self._load(candidate)
                 break
             except DataError as exc:
                 if not self.skip_bad:
                     return {"error": str(exc)}
-                log.warning("skipping bad sample: %s", exc)
+                skipped.append(str(exc))
         else:
-            return {"error": f"no readable sample among {MAX_SUBSTITUTES + 1} consecutive ones from index {index}"}
+            return {"error": f"no readable sample among {MAX_SUBSTITUTES + 1} consecutive ones from index {index}: "
+                             f"{skipped[-1] if skipped else ''}"}
         if sample.mask is None:
             sample.mask = np.full(sample.image.shape[:2], 255, dtype=np.uint8)
         if seed is None:
@@ -96,4 +107,4 @@ class SegmentationDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 image, mask = self.transform(sample.image, sample.mask)
-        return {"image": image, "mask": mask, "name": sample.name}
+        return {"image": image, "mask": mask, "name": sample.name, "skipped": skipped}

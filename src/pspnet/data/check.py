@@ -8,6 +8,7 @@ with unknown colours. The report also counts the pixels of every class. Sources 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,8 @@ from ..errors import DataError
 from .base import SegmentationSource
 from .formats.common import FileSource, SampleFiles, describe_out_of_range, label_histogram, out_of_range, size_mismatch
 from .sources import build_source
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UNMATCHED = 0.01
 """Largest fraction of a colour mask's pixels that may match no class colour before it is reported."""
@@ -136,7 +139,7 @@ def _decode(source: SegmentationSource, index: int) -> tuple[np.ndarray, np.ndar
         return sample.image, sample.mask, 0, SampleFiles(sample.name, None, None)
     files = source.samples[index]
     try:
-        image, raw = source.read(files)
+        image, raw = source.read_pair(files)
     except DataError as exc:
         return Problem("unreadable", str(exc))
     try:
@@ -170,6 +173,31 @@ def _check_sample(source: SegmentationSource, index: int, report: CheckReport, m
         report.problems.append(Problem("bad_labels", describe_out_of_range(files.mask or files.name, bad, num_classes)))
     if unmatched > max_unmatched * mask.size:
         report.problems.append(Problem("unknown_colors", f"mask {files.mask}: {100 * unmatched / mask.size:.2f}% of pixels match no class colour"))
+
+
+COLOUR_SAMPLES = 32
+"""Masks decoded at the start of training to report how well colour masks match the classes."""
+
+
+def report_colour_matching(source: SegmentationSource, samples: int = COLOUR_SAMPLES) -> float | None:
+    """Log, once, the fraction of colour-mask pixels that match no class in up to `samples` masks spread
+    over the split; returns it (None for sources without colour masks)."""
+    if not isinstance(source, FileSource) or not hasattr(source, "tolerance") or not len(source):
+        return None
+    step = max(1, len(source) // samples)
+    checked = 0
+    for index in range(0, len(source), step)[:samples]:
+        try:
+            source.load(index)
+            checked += 1
+        except DataError:
+            continue  # bad files are reported where they are read for training
+    if not source.colour_pixels:
+        return None
+    fraction = source.unmatched_fraction
+    log.info("%s: %.2f%% of the colour-mask pixels in %d sampled masks match no class colour (they are ignored, "
+             "label 255); `pspnet data check` reports every file", source.format_name, 100 * fraction, checked)
+    return fraction
 
 
 def run_check(data_config: DataConfig, split: str | None = None, max_unmatched: float = DEFAULT_MAX_UNMATCHED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Iterator
 
 import torch
@@ -17,10 +18,10 @@ from .transforms import build_eval_transform, build_train_transform
 log = logging.getLogger(__name__)
 
 
-def build_dataset(data: DataConfig, split: str, train: bool) -> SegmentationDataset:
-    """A source wrapped with the training (augmenting) or evaluation transform."""
+def build_dataset(data: DataConfig, split: str, train: bool, max_pixels: int | None = None) -> SegmentationDataset:
+    """A source wrapped with the training (augmenting) or evaluation transform; images over `max_pixels` are refused."""
     transform = build_train_transform(data.augment, data.mean, data.std) if train else build_eval_transform(data.mean, data.std)
-    return SegmentationDataset(build_source(data, split), transform, skip_bad=data.skip_bad)
+    return SegmentationDataset(build_source(data, split), transform, skip_bad=data.skip_bad, max_pixels=max_pixels)
 
 
 class TrainStream(Sampler):
@@ -66,15 +67,44 @@ def collate(batch: list[dict]) -> dict:
         "image": torch.stack([item["image"] for item in batch]),
         "mask": torch.stack([item["mask"] for item in batch]),
         "name": [item["name"] for item in batch],
+        "skipped": [message for item in batch for message in item["skipped"]],
     }
 
 
-def iterate(loader: DataLoader) -> Iterator[dict]:
-    """Batches of `loader`; a bad file stops here with a DataError naming it (in the main process)."""
+class SkipLog:
+    """Bad samples skipped with `data.skip_bad`: a warning the first time each one is met, and a count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.messages: dict[str, int] = {}
+
+    def record(self, message: str) -> None:
+        self.count += 1
+        if message not in self.messages:
+            log.warning("skipping bad sample (data.skip_bad): %s", message)
+        self.messages[message] = self.messages.get(message, 0) + 1
+
+    def summary(self) -> str:
+        return f"data.skip_bad: skipped {self.count} bad sample(s) from {len(self.messages)} file(s)"
+
+
+def iterate(loader: DataLoader, skipped: SkipLog | None = None) -> Iterator[dict]:
+    """Batches of `loader`; a bad file stops here with a DataError naming it (in the main process).
+    Samples skipped with `data.skip_bad` are recorded in `skipped`."""
     for batch in loader:
         if "error" in batch:
             raise DataError(batch["error"])
+        for message in batch["skipped"]:
+            if skipped is not None:
+                skipped.record(message)
         yield batch
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C (sent to the whole process group) to the main process, which stops them
+    after saving. SIGTERM keeps its default: the loader itself stops workers with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> dict:
@@ -83,6 +113,7 @@ def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> di
     workers = data.num_workers
     return {
         "generator": torch.Generator().manual_seed(seed),
+        "worker_init_fn": _ignore_interrupts,
         "num_workers": workers,
         "pin_memory": device.type == "cuda",
         "persistent_workers": workers > 0,

@@ -1,29 +1,69 @@
-"""Evaluation over a dataset split: confusion matrix -> IoU, accuracy."""
+"""Evaluation over a dataset split: confusion matrix -> IoU, accuracy; what a protocol will cost."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import EvalConfig
-from ..data.loaders import iterate
-from ..inference.protocol import Inferencer
+from ..data.loaders import SkipLog, iterate
+from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
 from ..metrics import ConfusionMatrix, SegmentationMetrics
 from .progress import progress_bar
 
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
-             device: torch.device, progress: bool = True, desc: str = "evaluate") -> SegmentationMetrics:
+             device: torch.device, progress: bool = True, desc: str = "evaluate",
+             skipped: SkipLog | None = None) -> SegmentationMetrics:
     """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count."""
     was_training = model.training
     model.eval()
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
     with progress_bar(len(loader.dataset), desc, progress, leave=False) as bar:
-        for batch in iterate(loader):
+        for batch in iterate(loader, skipped):
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)
-            confusion.update(inferencer.probabilities(images).argmax(1), masks)
+            confusion.update(inferencer.labels(images), masks)
             bar.update(len(images))
     model.train(was_training)
     return confusion.compute(absent=settings.absent)
+
+
+UPSAMPLING_WARNING = 2.0
+"""A protocol that enlarges images by more than this factor is almost surely meant for larger images."""
+
+
+@dataclass
+class ProtocolCost:
+    """What evaluating `images` images of one size under a protocol takes."""
+
+    upsampling: float
+    """Largest factor by which the protocol enlarges an image."""
+    passes_per_image: int
+    seconds: float
+    """Estimated time, from one timed forward pass of each input size."""
+
+    def describe(self, settings: EvalConfig, height: int, width: int, images: int) -> str:
+        largest = max(scaled_size(height, width, scale, settings.base_size, settings.resize) for scale in settings.scales)
+        return (f"the protocol ({settings.describe()}) enlarges these {height}x{width} images {self.upsampling:.1f}x, to "
+                f"{largest[0]}x{largest[1]}: {self.passes_per_image} forward passes per image, about "
+                f"{self.seconds / 60:.1f} min for {images} images; a protocol for small images (e.g. --mode whole "
+                f"without --base-size) is probably what you want")
+
+
+@torch.inference_mode()
+def protocol_cost(model: torch.nn.Module, settings: EvalConfig, height: int, width: int, images: int,
+                  device: torch.device) -> ProtocolCost:
+    """Upsampling factor, forward passes and an ETA for evaluating `images` images of `height` x `width`."""
+    passes = forward_passes(settings, height, width)
+    model.eval()
+    seconds = 0.0
+    for size in dict.fromkeys(size for size, _ in passes):
+        start = time.perf_counter()
+        model(torch.zeros((1, model.card.in_channels, *size), device=device))
+        seconds += (time.perf_counter() - start) * sum(count for other, count in passes if other == size)
+    return ProtocolCost(upsampling_factor(settings, height, width), sum(count for _, count in passes), seconds * images)

@@ -5,11 +5,15 @@
     checkpoints/best.safetensors     weights with the best validation mIoU
     checkpoints/last.resume.pt       model, optimizer, scheduler, RNG and iteration (for --resume)
     train_log.csv, val_log.csv       metrics; tensorboard/ has the same as TensorBoard events
+
+Each file is written atomically, the resume state before `last.safetensors`, so that a kill at any
+moment leaves a directory that `--resume` continues (or, before the first save, starts over).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +22,18 @@ import yaml
 
 from ..config import Config, dump_yaml
 from ..errors import CheckpointError, ConfigError
-from ..io.files import atomic_path
+from ..io.files import atomic_path, remove_stale_temp_files
 from ..io.weights import load_torch_file
+
+log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = {
     "train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.device", "data.num_workers",
+    "train.max_iters",
 }
-"""Config keys that may differ between a run and its --resume (they do not change the result)."""
+"""Config keys that may differ between a run and its --resume: settings that do not change the result,
+and `train.max_iters` (a longer schedule: the poly policy is evaluated with the new value from the
+resumed iteration on)."""
 
 
 class RunDirectory:
@@ -38,10 +47,19 @@ class RunDirectory:
         self.best = self.checkpoints / "best.safetensors"
         self.resume_state = self.checkpoints / "last.resume.pt"
 
+    def checkpoint(self) -> Path:
+        """The run's best checkpoint, else its last; CheckpointError when it has neither."""
+        for path in (self.best, self.last):
+            if path.is_file():
+                return path
+        raise CheckpointError(f"{self.path} is a folder but holds no checkpoint ({self.best.relative_to(self.path)} or "
+                              f"{self.last.relative_to(self.path)})")
+
     def check_new(self) -> None:
         """ConfigError when the directory already holds a run."""
-        if self.last.exists():
-            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        if self.last.exists() or self.resume_state.exists():
+            raise ConfigError(f"{self.path} already holds a run; continue it with `pspnet train --resume {self.path}` "
+                              "or choose another --out")
 
     def saved_config(self) -> Config:
         """The config the run was started with."""
@@ -49,11 +67,13 @@ class RunDirectory:
             raise CheckpointError(f"--resume: {self.path} holds no run ({self.config_path.name} is missing)")
         return Config.from_dict(yaml.safe_load(self.config_path.read_text()), source=str(self.config_path))
 
+    def can_resume(self) -> bool:
+        """Whether a complete resume state exists (else `--resume` starts the run over)."""
+        return self.resume_state.is_file()
+
     def check_resume(self, config: Config) -> Config:
         """`config` with what the run resolved at its start (num_classes) filled in; ConfigError when the
         run cannot be resumed with it."""
-        if not self.resume_state.is_file():
-            raise CheckpointError(f"--resume: no resume state in {self.checkpoints} (last.resume.pt is missing)")
         saved = self.saved_config()
         if config.model.num_classes is None:
             config = config.replace([f"model.num_classes={saved.model.num_classes}"])
@@ -64,6 +84,13 @@ class RunDirectory:
                 "resume with the same config (or start a new run with --out)"
             )
         return config
+
+    def create(self, config: Config) -> None:
+        """Make the directory (once the run can start), remove what killed writes left, write the config."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temp_files(self.path, safetensors=True):
+            log.info("removed %s, left by an interrupted write", path)
+        self.write_config(config)
 
     def write_config(self, config: Config) -> None:
         with atomic_path(self.config_path) as tmp:

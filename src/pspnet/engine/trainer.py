@@ -6,6 +6,7 @@ What the run directory holds and when a run may resume: `pspnet.engine.run_dir`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import signal
 import threading
@@ -18,7 +19,8 @@ import torch
 
 from ..checkpoint import load_model, load_strict, save_checkpoint
 from ..config import Config
-from ..data.loaders import build_dataset, build_eval_loader, build_train_loader, iterate
+from ..data.check import report_colour_matching
+from ..data.loaders import SkipLog, build_dataset, build_eval_loader, build_train_loader, iterate
 from ..errors import CheckpointError, ConfigError
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
@@ -61,20 +63,34 @@ class TrainResult:
     iteration: int
     stopped_early: bool
     metrics: SegmentationMetrics | None
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, if one did."""
+    skipped: SkipLog | None = None
 
 
 class Trainer:
-    """Trains a PSPNet as configured, writing everything into `run_dir` (a `RunDirectory`)."""
+    """Trains a PSPNet as configured, writing everything into `run_dir` (a `RunDirectory`).
+
+    With `resume`, the run continues from its resume state; when it has none (it was killed before
+    its first checkpoint) it starts over, with a warning.
+    """
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.run = RunDirectory(run_dir)
         if resume:
             config = self.run.check_resume(config)
+            if not self.run.can_resume():
+                log.warning("--resume: %s has no resume state (the run was stopped before its first checkpoint); "
+                            "starting it over from iteration 0", self.run.path)
         else:
             self.run.check_new()
+        resume = resume and self.run.can_resume()
         self.progress = progress
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self._stop_requested = False
+        self._stop_signal: int | None = None
+        self._saving = False
+        self._abort_after_save = False
 
         train = config.train
         self.device = resolve_device(train.device)
@@ -91,10 +107,12 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, config)
         self.criterion = PSPLoss(aux_weight=train.aux_weight, cls_weight=train.cls_weight)
+        self.skipped = SkipLog()
         self.iteration = 0
         self.best_miou: float | None = None
         if resume:
             self._load_resume_state()
+        report_colour_matching(self.train_set.source)
 
     @property
     def run_dir(self) -> Path:
@@ -102,18 +120,25 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self) -> None:
-        meta = {"iteration": self.iteration, "best_miou": self.best_miou}
-        save_checkpoint(self.run.last, self.model, self.config, **meta)
-        self.run.save_resume_state({
-            "iteration": self.iteration,
-            "best_miou": self.best_miou,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        })
-        self._saved_iteration = self.iteration
+        """The resume state, then `last.safetensors`, each atomically: a kill between them leaves a
+        resumable directory. A second Ctrl-C during the save takes effect once both are written."""
+        self._saving = True
+        try:
+            self.run.save_resume_state({
+                "iteration": self.iteration,
+                "best_miou": self.best_miou,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            })
+            save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
+            self._saved_iteration = self.iteration
+        finally:
+            self._saving = False
+        if self._abort_after_save:
+            raise KeyboardInterrupt
 
     def _load_resume_state(self) -> None:
         state = self.run.load_resume_state()
@@ -125,15 +150,24 @@ class Trainer:
             if state["cuda_rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.iteration, self.best_miou = int(state["iteration"]), state["best_miou"]
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.run.resume_state}: resume state does not match this model/config: {exc}") from None
-        log.info("resuming %s at iteration %d", self.run.path, self.iteration)
+        train = self.config.train
+        if self.iteration > train.max_iters:
+            raise ConfigError(f"train.max_iters: {train.max_iters} is below iteration {self.iteration}, which the run "
+                              "has reached; resume with a larger value (or start a new run)")
+        # the poly policy with this run's max_iters (which may have been raised) from the resumed iteration on
+        factor = poly_lr_factor(self.iteration, train.max_iters, train.lr_power)
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * factor
+        log.info("resuming %s at iteration %d of %d", self.run.path, self.iteration, train.max_iters)
 
     def validate(self) -> SegmentationMetrics:
         """Metrics of the current model on the validation split."""
         cfg = self.config
         loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device)
-        return evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress, desc="validate")
+        return evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
+                        desc="validate", skipped=self.skipped)
 
     def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog) -> None:
         """Log validation metrics and keep the best checkpoint."""
@@ -144,26 +178,33 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def request_stop(self) -> None:
-        """Finish the current iteration, save a checkpoint and return (what Ctrl-C does)."""
+        """Finish the current iteration, save a checkpoint and return."""
         self._stop_requested = True
 
     def _handle_signal(self, signum, frame) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop now
+        """First Ctrl-C/SIGTERM: stop after this iteration and save. Second: abort (after a save in progress)."""
+        if self._stop_signal is not None:
+            if self._saving:
+                self._abort_after_save = True
+                return
             raise KeyboardInterrupt
         log.warning("stop requested: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)")
+        self._stop_signal = signum
         self._stop_requested = True
 
     def train(self) -> TrainResult:
         cfg = self.config.train
-        self.run.write_config(self.config)
-        run_log = RunLog(self.run, self.iteration)
         self._saved_iteration = self.iteration
         loader = build_train_loader(self.train_set, self.config.data, cfg.batch_size, cfg.seed, self.iteration, self.device)
+        batches = iterate(loader, self.skipped)
+        if self.iteration < cfg.max_iters:  # the data can be read: only now is the run directory created
+            batches = itertools.chain([next(batches)], batches)
+        self.run.create(self.config)
+        run_log = RunLog(self.run, self.iteration)
         self.model.train()
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)
         metrics = None
         with _stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log):
-            batches = iterate(loader)
             while self.iteration < cfg.max_iters and not self._stop_requested:
                 start = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]  # the encoder's rate for this iteration
@@ -183,8 +224,10 @@ class Trainer:
                     callback(self, self.iteration)
             if self._stop_requested and self._saved_iteration != self.iteration:
                 self._save()
+        if self.skipped.count:
+            log.warning("%s", self.skipped.summary())
         return TrainResult(self.run.path, self.run.last, self.run.best if self.run.best.exists() else None,
-                           self.best_miou, self.iteration, self._stop_requested, metrics)
+                           self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped)
 
     def _step(self, batch: dict) -> dict[str, float]:
         images = batch["image"].to(self.device, non_blocking=True)

@@ -33,20 +33,31 @@ def model_device(model: Any) -> torch.device:
 
 @torch.inference_mode()
 def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
-    """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count."""
+    """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count;
+    (N, H, W) for a batch (N, H, W, C)."""
     card = model.card
-    tensor = image_to_tensor(image, card.mean, card.std).unsqueeze(0).to(model_device(model))
+    batch = image if image.ndim == 4 else image[None]
+    tensor = torch.stack([image_to_tensor(item, card.mean, card.std) for item in batch]).to(model_device(model))
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
-        probabilities = Inferencer(model, settings).probabilities(tensor)
+        labels = Inferencer(model, settings).labels(tensor).cpu().numpy()
     finally:
         if was_training:
             model.train()
-    return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return labels if image.ndim == 4 else labels[0]
 
 
 def predict_image(model: Any, image: Any, settings: EvalConfig | None = None) -> np.ndarray:
-    """Label map (H, W) uint8 of one image: a path, a PIL image or an array (see `read_image`)."""
-    return predict_array(model, read_image(image, model.card.in_channels), settings)
+    """Label map (H, W) uint8 of one image, or (N, H, W) for a batch.
+
+    `image`: a path, a PIL image, an HxWxC (HxW for one channel) array, or an NxHxWxC batch. Arrays
+    may be uint8, uint16 (scaled to 8 bits) or float in [0, 1]; C is the model's input channels.
+    Files and PIL images are turned by their EXIF orientation; images beyond the settings' pixel cap
+    (`EvalConfig.pixel_cap`) are refused.
+    """
+    channels, cap = model.card.in_channels, (settings or EvalConfig()).pixel_cap()
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return predict_array(model, np.stack([read_image(item, channels, cap) for item in image]), settings)
+    return predict_array(model, read_image(image, channels, cap, exif=True), settings)

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,26 @@ def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[in
     return [(y, x) for y in rows for x in columns]
 
 
+def upsampling_factor(settings: EvalConfig, height: int, width: int) -> float:
+    """The largest factor by which the protocol enlarges an image of `height` x `width`."""
+    sizes = [scaled_size(height, width, scale, settings.base_size, settings.resize) for scale in settings.scales]
+    return max(max(h / height, w / width) for h, w in sizes)
+
+
+def forward_passes(settings: EvalConfig, height: int, width: int) -> list[tuple[tuple[int, int], int]]:
+    """What the protocol runs through the model for one image: (input size, count) per scale; the input
+    is the crop in `slide` mode, and flip doubles each count."""
+    passes = []
+    for scale in settings.scales:
+        scaled = scaled_size(height, width, scale, settings.base_size, settings.resize)
+        if settings.mode == "slide":
+            crop = (settings.crop_size[0], settings.crop_size[1])
+            passes.append((crop, len(window_grid(*scaled, crop, settings.window_stride))))
+        else:
+            passes.append((scaled, 1))
+    return [(size, count * (2 if settings.flip else 1)) for size, count in passes]
+
+
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(tensor.shape[-2:]) == size:
         return tensor
@@ -78,25 +98,73 @@ class Inferencer:
         count = len(batch)
         return probs[:count].add_(probs[count:].flip(-1)).div_(2)
 
-    def _slide(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities from overlapping windows, averaged where they overlap."""
+    def _slide_bands(self, images: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Window probabilities averaged where windows overlap, over the padded image, from the top down:
+        `(first_row, band)` for each band of rows that no later window reaches. Only the band still being
+        summed is held, so memory grows with the image width, not its area."""
         crop_h, crop_w = self.settings.crop_size
         count, _, height, width = images.shape
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
         top, left = pad_h // 2, pad_w // 2
-        padded = F.pad(images, (left, pad_w - left, top, pad_h - top))  # 0 = the mean colour once normalised
+        if pad_h or pad_w:
+            images = F.pad(images, (left, pad_w - left, top, pad_h - top))  # 0 = the mean colour once normalised
         windows = window_grid(height, width, (crop_h, crop_w), self.settings.window_stride)
-        total = None
-        coverage = images.new_zeros((1, 1, height + pad_h, width + pad_w))
+        band_top, total, coverage = 0, None, None  # total/coverage hold rows band_top.. of the padded image
         for first in range(0, len(windows), self.settings.window_batch):
             chunk = windows[first : first + self.settings.window_batch]
-            probs = self._softmax(torch.cat([padded[..., y : y + crop_h, x : x + crop_w] for y, x in chunk]))
-            if total is None:
-                total = probs.new_zeros((count, probs.shape[1], height + pad_h, width + pad_w))
+            probs = self._softmax(torch.cat([images[..., y : y + crop_h, x : x + crop_w] for y, x in chunk]))
+            rows = max(y for y, _ in chunk) + crop_h - band_top
+            if total is None or rows > total.shape[2]:
+                extra = rows - (0 if total is None else total.shape[2])
+                new_total = probs.new_zeros((count, probs.shape[1], extra, images.shape[-1]))
+                new_coverage = probs.new_zeros((1, 1, extra, images.shape[-1]))
+                total = new_total if total is None else torch.cat([total, new_total], 2)
+                coverage = new_coverage if coverage is None else torch.cat([coverage, new_coverage], 2)
             for index, (y, x) in enumerate(chunk):
-                total[..., y : y + crop_h, x : x + crop_w] += probs[index * count : (index + 1) * count]
-                coverage[..., y : y + crop_h, x : x + crop_w] += 1
-        return total.div_(coverage)[..., top : top + height, left : left + width]
+                total[..., y - band_top : y - band_top + crop_h, x : x + crop_w] += probs[index * count : (index + 1) * count]
+                coverage[..., y - band_top : y - band_top + crop_h, x : x + crop_w] += 1
+            next_top = windows[first + len(chunk)][0] if first + len(chunk) < len(windows) else images.shape[-2]
+            if next_top > band_top:
+                done = next_top - band_top
+                yield band_top, total[:, :, :done] / coverage[:, :, :done]
+                total, coverage, band_top = total[:, :, done:], coverage[:, :, done:], next_top
+
+    def _image_bands(self, images: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """`_slide_bands` cropped back to the image (without its padding): `(first_row, band)`."""
+        height, width = images.shape[-2:]
+        crop_h, crop_w = self.settings.crop_size
+        top, left = max(crop_h - height, 0) // 2, max(crop_w - width, 0) // 2
+        for band_top, band in self._slide_bands(images):
+            first, last = max(band_top, top), min(band_top + band.shape[2], top + height)
+            if last > first:
+                yield first - top, band[:, :, first - band_top : last - band_top, left : left + width]
+
+    def _slide(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities from overlapping windows, averaged where they overlap, at the image's size."""
+        total = None
+        for start, band in self._image_bands(images):
+            if total is None:
+                total = band.new_empty((len(images), band.shape[1], *images.shape[-2:]))
+            total[:, :, start : start + band.shape[2]] = band
+        return total
+
+    def _streams(self, height: int, width: int) -> bool:
+        """Whether `labels` can stream: sliding windows at the image's own size, one scale."""
+        settings = self.settings
+        return (settings.mode == "slide" and len(settings.scales) == 1
+                and scaled_size(height, width, settings.scales[0], settings.base_size, settings.resize) == (height, width))
+
+    @torch.inference_mode()
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Class ids (N, H, W) uint8: the argmax of `probabilities`. With sliding windows at one scale, bands of
+        rows are decided as soon as no later window reaches them, so memory stays bounded for large images."""
+        height, width = images.shape[-2:]
+        if not self._streams(height, width):
+            return self.probabilities(images).argmax(1).to(torch.uint8)
+        labels = torch.empty((len(images), height, width), dtype=torch.uint8, device=images.device)
+        for start, band in self._image_bands(images):
+            labels[:, start : start + band.shape[2]] = band.argmax(1)
+        return labels
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

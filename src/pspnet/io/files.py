@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+ATOMIC_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+"""Names of `atomic_path`'s temporary files (`.NAME.XXXXXXXX.tmp`)."""
+SAFETENSORS_TEMP_NAME = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+"""Names of the temporary files the safetensors writer makes beside the file it writes."""
+
+
+def remove_stale_temp_files(folder: str | Path, safetensors: bool = False) -> list[Path]:
+    """Delete temporary files that interrupted atomic writes left under `folder` (and, with `safetensors`,
+    those of interrupted safetensors writes); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [ATOMIC_TEMP_NAME, SAFETENSORS_TEMP_NAME] if safetensors else [ATOMIC_TEMP_NAME]
+    stale = [path for path in folder.rglob(".*")
+             if path.is_file() and any(pattern.fullmatch(path.name) for pattern in patterns)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:

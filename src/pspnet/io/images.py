@@ -1,50 +1,114 @@
 """One image reader for files, PIL images and arrays, for models of any input channel count.
 
 `read_image(source, channels)` returns an HxWxC uint8 array: C = 1 (grey), 3 (RGB) or 4 (RGBA)
-for files and PIL images, any C for arrays. `read_label` reads a mask as stored.
+for files and PIL images, any C for arrays. Sizes are checked from the file header before any
+pixel is decoded (`max_pixels`; decompression bombs are refused), 16-bit images are scaled to 8
+bits (not clipped), CMYK and palette images are converted. `read_label` reads a mask as stored.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 """PIL mode that files and PIL images are converted to, by the model's input channel count."""
 
+DECODE_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
+"""Pixels above which no image is decoded at all (PIL's decompression-bomb limit, about 179 M)."""
 
-def open_image(path: str | Path) -> Image.Image:
-    """A decoded PIL image; DataError naming the file when it is missing or cannot be decoded."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""Grey modes holding 16-bit values (PIL reads 16-bit grey PNGs and TIFFs as these)."""
+
+
+def describe_size(width: int, height: int) -> str:
+    return f"{width}x{height} ({width * height / 1e6:.1f} M pixels)"
+
+
+def _check_size(image: Image.Image, max_pixels: int | None, name: str) -> None:
+    width, height = image.size
+    limit = DECODE_LIMIT if max_pixels is None else min(max_pixels, DECODE_LIMIT)
+    if width * height > limit:
+        setting = "" if max_pixels is None else " (eval.max_pixels / --max-pixels)"
+        raise DataError(f"image {name} is {describe_size(width, height)}, more than the cap of "
+                        f"{limit / 1e6:.1f} M pixels{setting}; refused before decoding")
+
+
+def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """A decoded PIL image; DataError naming the file when it is missing, too large (checked from its
+    header, before decoding) or cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # our own cap below is the check; PIL's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        _check_size(image, max_pixels, str(path))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} refused before decoding: {exc}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image format Pillow recognises") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
     return image
 
 
-def read_image(source: Any, channels: int = 3) -> np.ndarray:
-    """HxWxC uint8 array of a path, a PIL image or an array (HxW for one channel, or HxWxC)."""
+def _to_eight_bits(image: Image.Image, name: str) -> Image.Image:
+    """16-bit grey images scaled to 8 bits (value >> 8, as Pillow does for 16-bit colour); float images refused."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"image {name}: 32-bit integer values outside 0..65535 cannot be shown as 8-bit")
+        return Image.fromarray((values >> 8).astype(np.uint8), "L")
+    if image.mode == "F":
+        raise DataError(f"image {name}: 32-bit float images are not supported; save it as 8- or 16-bit")
+    return image
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as is, uint16 scaled (>> 8), floats in [0, 1] scaled by 255; anything else is an error."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
+            raise DataError("float image arrays must hold values in [0, 1]")
+        return np.rint(array * 255).astype(np.uint8)
+    raise DataError(f"image arrays must be uint8, uint16 or float in [0, 1], got dtype {array.dtype}")
+
+
+def read_image(source: Any, channels: int = 3, max_pixels: int | None = None, exif: bool = False) -> np.ndarray:
+    """HxWxC uint8 array of a path, a PIL image or an array (HxW for one channel, or HxWxC).
+
+    `max_pixels` caps the size (checked from the header for files); `exif` applies the EXIF
+    orientation of photos (use it for inference inputs, not for dataset images whose masks have none).
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "(in memory)"
     if isinstance(source, (str, Path)):
-        source = open_image(source)
+        source = open_image(source, max_pixels)
     if isinstance(source, Image.Image):
+        _check_size(source, max_pixels, name)
         if channels not in MODES:
-            raise DataError(f"a {channels}-channel model takes HxWx{channels} uint8 arrays, not image files")
-        array = np.array(source.convert(MODES[channels]))  # a copy: writable, owned
+            raise DataError(f"a {channels}-channel model takes HxWx{channels} arrays, not image files")
+        image = _to_eight_bits(ImageOps.exif_transpose(source) if exif else source, name)
+        array = np.array(image.convert(MODES[channels]))  # a copy: writable, owned
     else:
-        array = np.asarray(source)
+        array = _array_to_uint8(np.asarray(source))
+        if max_pixels is not None and array.ndim >= 2 and array.shape[0] * array.shape[1] > max_pixels:
+            raise DataError(f"image array of {array.shape[1]}x{array.shape[0]} pixels is more than the cap of {max_pixels}")
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[2] != channels or array.dtype != np.uint8:
-        raise DataError(f"expected an HxWx{channels} uint8 array, got shape {array.shape} and dtype {array.dtype}")
+    if array.ndim != 3 or array.shape[2] != channels:
+        raise DataError(f"expected an HxWx{channels} image (HxW for one channel), got shape {array.shape}")
     return array
 
 
@@ -56,6 +120,6 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def read_label(path: str | Path) -> np.ndarray:
     """A label image as stored: HxW for index/grey/palette PNGs (palette indices, not colours), HxWx3 for colour."""
     image = open_image(path)
-    if image.mode in ("P", "L", "I", "I;16"):
+    if image.mode in ("P", "L", *SIXTEEN_BIT_MODES):
         return np.array(image)
     return np.array(image.convert("RGB"))

@@ -46,7 +46,7 @@ class FileSource(SegmentationSource):
         self.setup(classes_file)
         self._files = self.scan()
         self.samples = [files for files in self._files if files.image is not None and files.mask is not None]
-        self.decoded_pixels = 0
+        self.colour_pixels = 0
         self.unmatched_pixels = 0
 
     def setup(self, classes_file: str | Path | None) -> None:
@@ -65,6 +65,19 @@ class FileSource(SegmentationSource):
         """The image (HxWx3 RGB) and the mask as stored (see `read_label`)."""
         return read_rgb(files.image), read_label(files.mask)
 
+    def read_pair(self, files: SampleFiles) -> tuple[np.ndarray, np.ndarray]:
+        """`read`, with one error naming every unreadable file of the pair."""
+        try:
+            return self.read(files)
+        except DataError as image_error:
+            if files.mask is None or files.mask == files.image:
+                raise
+            try:
+                read_label(files.mask)
+            except DataError as mask_error:
+                raise DataError(f"{image_error}; and {mask_error}") from None
+            raise
+
     def files(self) -> list[SampleFiles]:
         """All files of the split, including images without a mask and masks without an image."""
         return list(self._files)
@@ -77,7 +90,7 @@ class FileSource(SegmentationSource):
 
     def load(self, index: int) -> Sample:
         files = self.samples[index]
-        image, raw = self.read(files)
+        image, raw = self.read_pair(files)
         mask, unmatched = self.decode_mask(raw, files.mask)
         mismatch = size_mismatch(image, mask, files)
         if mismatch:
@@ -85,14 +98,15 @@ class FileSource(SegmentationSource):
         bad = out_of_range(label_histogram(mask), self.classes.num_classes)
         if bad:
             raise DataError(describe_out_of_range(files.mask, bad, self.classes.num_classes))
-        self.decoded_pixels += mask.size
-        self.unmatched_pixels += unmatched
+        if raw.ndim == 3:
+            self.colour_pixels += mask.size
+            self.unmatched_pixels += unmatched
         return Sample(image, mask, files.name)
 
     @property
     def unmatched_fraction(self) -> float:
-        """Fraction of the mask pixels decoded so far (by this process) whose colour matched no class (set to 255)."""
-        return self.unmatched_pixels / self.decoded_pixels if self.decoded_pixels else 0.0
+        """Fraction of the colour-mask pixels decoded so far (by this process) that matched no class (set to 255)."""
+        return self.unmatched_pixels / self.colour_pixels if self.colour_pixels else 0.0
 
     def require_dir(self, path: Path) -> Path:
         """`path` if it is a folder, else a DataError that shows the expected layout."""

@@ -5,7 +5,8 @@ flat `root/images/` and `root/masks/` serve every split. Subfolders are allowed:
 by its path relative to `images/` without the suffix (`a/b.jpg` pairs with `a/b.png`).
 
 Masks are index images (values = class ids; the classes file's `ignore` value maps to 255) or RGB
-images decoded through the classes' palette (exact colours by default; `color_tolerance` allows JPEG-like noise).
+images decoded through the classes' palette (exact colours by default; `color_tolerance` allows JPEG-like noise
+and `min_region` cleans JPEG artefacts, as in the pairs format).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ...classes import IGNORE_INDEX
 from ...errors import DataError
 from ...io.files import list_images
-from ..palettes import color_tolerance, decode_colors, load_classes_file
+from ..palettes import decode_colors, load_classes_file, mask_option
 from .common import FileSource, SampleFiles, index_files, index_mask, match_files
 
 
@@ -26,13 +27,14 @@ class Folders(FileSource):
 
     format_name = "folders"
     layout = "root/{split}/images/* with root/{split}/masks/* (or root/images/* with root/masks/* for every split), same file names"
-    option_names = ("color_tolerance",)
+    option_names = ("color_tolerance", "min_region")
 
     def setup(self, classes_file: str | Path | None) -> None:
         if classes_file is None:
             raise DataError("folders: set data.classes_file (YAML/JSON with `names`, optional `palette` and `ignore`)")
         self.classes, self.ignore = load_classes_file(classes_file)
-        self.tolerance = color_tolerance(self.options, 0.0, self.format_name)
+        self.tolerance = mask_option(self.options, "color_tolerance", 0.0, self.format_name)
+        self.min_region = int(mask_option(self.options, "min_region", 0, self.format_name))
 
     def scan(self) -> list[SampleFiles]:
         base = self.root / self.split if (self.root / self.split).is_dir() else self.root
@@ -43,7 +45,7 @@ class Folders(FileSource):
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
         if raw.ndim == 3:
-            return decode_colors(raw, self.classes.palette, self.tolerance)
+            return decode_colors(raw, self.classes.palette, self.tolerance, self.min_region)
         ids = index_mask(raw, path)
         if self.ignore is not None:
             ids = np.where(ids == self.ignore, np.uint8(IGNORE_INDEX), ids)
