@@ -255,3 +255,61 @@ def test_models_command_lists_families_and_reports_size(capsys):
     assert "strides [2, 4, 8, 8, 8]; PPM at stride 8" in info and "input 64x96" in info
     flops = float(info.split("FLOPs: ")[1].split(" G")[0])
     assert 0 < flops < 5
+
+
+def _bn(prefix: str, channels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.weight": torch.rand(channels, generator=generator), f"{prefix}.bias": torch.randn(channels, generator=generator),
+            f"{prefix}.running_mean": torch.randn(channels, generator=generator),
+            f"{prefix}.running_var": torch.rand(channels, generator=generator) + 0.5, f"{prefix}.num_batches_tracked": torch.tensor(7)}
+
+
+def _reference_resnet50(stem_names: list[str], width: int, planes=(8, 16, 32, 64)) -> dict[str, torch.Tensor]:
+    """An ImageNet ResNet-50 state dict named as a reference implementation names it: `stem_names` are the
+    three stem convs and their BNs in order (semseg: conv1 bn1 conv2 bn2 conv3 bn3; mmcv: stem.0 ... stem.7)."""
+    generator = torch.Generator().manual_seed(0)
+    conv = lambda out, inp, k: torch.randn(out, inp, k, k, generator=generator)  # noqa: E731
+    c1, b1, c2, b2, c3, b3 = stem_names
+    state = {f"{c1}.weight": conv(width, 3, 3), **_bn(b1, width, generator), f"{c2}.weight": conv(width, width, 3),
+             **_bn(b2, width, generator), f"{c3}.weight": conv(2 * width, width, 3), **_bn(b3, 2 * width, generator)}
+    inplanes = 2 * width
+    for stage, (count, plane) in enumerate(zip((3, 4, 6, 3), planes), 1):
+        for block in range(count):
+            name = f"layer{stage}.{block}"
+            state.update({f"{name}.conv1.weight": conv(plane, inplanes, 1), **_bn(f"{name}.bn1", plane, generator),
+                          f"{name}.conv2.weight": conv(plane, plane, 3), **_bn(f"{name}.bn2", plane, generator),
+                          f"{name}.conv3.weight": conv(4 * plane, plane, 1), **_bn(f"{name}.bn3", 4 * plane, generator)})
+            if block == 0:
+                state.update({f"{name}.downsample.0.weight": conv(4 * plane, inplanes, 1), **_bn(f"{name}.downsample.1", 4 * plane, generator)})
+            inplanes = 4 * plane
+    state.update({"fc.weight": torch.randn(1000, inplanes, generator=generator), "fc.bias": torch.zeros(1000)})
+    return state
+
+
+@pytest.mark.parametrize("encoder,stem_names", [
+    ("resnet50_deepstem", ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]),  # semseg's initmodel/resnet50_v2.pth
+    ("resnet50_v1c", ["stem.0", "stem.1", "stem.3", "stem.4", "stem.6", "stem.7"]),  # mmcv's resnet50_v1c
+])
+def test_reference_imagenet_resnets_load_into_their_encoder(tmp_path, encoder, stem_names):
+    state = _reference_resnet50(stem_names, width=8)
+    path = tmp_path / "resnet50_imagenet.pth"
+    torch.save({"state_dict": state}, path)
+    model = PSPNet(3, encoder=encoder, encoder_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
+                   encoder_weights=str(path), **HEAD)
+    stem, bn = model.encoder.conv1, model.encoder.bn1
+    pairs = [(stem[0].weight, state[f"{stem_names[0]}.weight"]), (stem[1].running_mean, state[f"{stem_names[1]}.running_mean"]),
+             (stem[3].weight, state[f"{stem_names[2]}.weight"]), (stem[4].bias, state[f"{stem_names[3]}.bias"]),
+             (stem[6].weight, state[f"{stem_names[4]}.weight"]), (bn.running_var, state[f"{stem_names[5]}.running_var"]),
+             (model.encoder.layer3[5].conv2.weight, state["layer3.5.conv2.weight"]),
+             (model.encoder.layer4[0].downsample[1].weight, state["layer4.0.downsample.1.weight"])]
+    for loaded, stored in pairs:
+        torch.testing.assert_close(loaded, stored, rtol=0, atol=0)
+    report = load_encoder_weights(model.encoder, path)
+    assert report.unused == ["fc.bias", "fc.weight"] and report.loaded == len(model.encoder.state_dict())
+    extra = tmp_path / "extra.pth"
+    torch.save({**state, "layer5.0.conv1.weight": torch.zeros(1)}, extra)
+    with pytest.raises(CheckpointError, match="tensors the encoder has no place for: layer5.0.conv1.weight"):
+        load_encoder_weights(model.encoder, extra)
+    missing = tmp_path / "missing.pth"
+    torch.save({key: value for key, value in state.items() if key != f"{stem_names[4]}.weight"}, missing)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): conv1\.6\.weight"):
+        load_encoder_weights(model.encoder, missing)

@@ -6,9 +6,12 @@ fails at start-up with the key's dotted name instead of hours into a run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,11 +58,13 @@ class ModelConfig:
     use_ppm: bool = True
     """False gives the dilated-FCN baseline of the paper's ablation."""
     bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    """Pyramid bin sizes: each branch pools the feature map to bins x bins (the paper: 1, 2, 3, 6)."""
     ppm_channels: int | None = None
     """Channels of each pooling branch; default C / len(bins)."""
     decoder_channels: int = 512
     """Channels of the 3x3 fusion conv after the PPM; 0 removes the fusion conv (the seed's lite model)."""
     classifier_kernel: int = 1
+    """Kernel of the final classifier conv: 1 (the paper) or 3 (the seed's lite model)."""
     dropout: float = 0.1
     """Dropout2d probability right before the classifier."""
     decoder: Literal["psp", "progressive"] = "psp"
@@ -79,6 +84,7 @@ class ModelConfig:
     (loss weight train.aux_weight); `cls` the image-level class-presence classifier of seed 001 (BCE,
     train.cls_weight); `both`; or `none`."""
     aux_feature: int = -2
+    """Index of the encoder feature map the auxiliary heads read (negative counts from the deepest; -2 = stage 3)."""
     aux_channels: int = 256
     """Width of the aux FCN head's conv and of the class-presence classifier's hidden layer."""
 
@@ -101,12 +107,15 @@ class AugmentConfig:
     """Training augmentation (the paper's recipe); each step can be switched off."""
 
     scale: list[float] | None = field(default_factory=lambda: [0.5, 2.0])
+    """Random scale range [min, max] (the paper: 0.5 to 2.0); null disables."""
     rotate: float = 10.0
     """Maximum rotation in degrees (0 disables)."""
     blur: float = 0.5
     """Probability of a Gaussian blur (0 disables)."""
     flip: bool = True
+    """Random horizontal mirroring."""
     crop_size: list[int] = field(default_factory=lambda: [473, 473])
+    """Training crop [height, width], padded with the mean colour (image) and 255 (mask) when larger than the image."""
 
     def __post_init__(self) -> None:
         if self.scale is not None:
@@ -121,9 +130,13 @@ class SyntheticConfig:
     """The built-in `context scenes` dataset (see pspnet.data.synthetic)."""
 
     image_size: list[int] = field(default_factory=lambda: [128, 128])
+    """Scene size [height, width]."""
     num_train: int = 2000
+    """Scenes in the train split."""
     num_val: int = 200
+    """Scenes in the val split."""
     seed: int = 0
+    """Seed of the scene generator: another seed gives other scenes."""
 
     def __post_init__(self) -> None:
         _check(len(self.image_size) == 2 and min(self.image_size) >= 32, "data.synthetic.image_size", "[height, width], each >= 32", self.image_size)
@@ -135,18 +148,25 @@ class DataConfig:
     """Where the data comes from and how it is loaded."""
 
     format: str = "synthetic"
+    """Dataset format: synthetic, cityscapes, ade20k, voc, pairs or folders (see `pspnet.data.sources`)."""
     root: str | None = None
+    """Folder of the dataset (unused by the synthetic format)."""
     train_split: str = "train"
+    """Split trained on."""
     val_split: str = "val"
+    """Split validated (and evaluated) on."""
     classes_file: str | None = None
     """Class names/palette file for the `folders` and `pairs` formats."""
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    """Per-channel mean subtracted from images scaled to [0, 1] (ImageNet's by default)."""
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    """Per-channel standard deviation images are divided by after the mean."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     options: dict[str, Any] = field(default_factory=dict)
     """Format-specific settings (e.g. colour tolerance of the `pairs` format)."""
     num_workers: int = 2
+    """Loader worker processes (0: load in the training process)."""
     skip_bad: bool = False
     """Skip unreadable samples with a warning instead of stopping the run."""
 
@@ -160,21 +180,33 @@ class TrainConfig:
     """Optimisation: SGD with the poly learning-rate policy, as in the paper."""
 
     max_iters: int = 1000
+    """Training iterations; the poly schedule decays to 0 at this iteration."""
     batch_size: int = 8
+    """Images per training step (the paper: 16)."""
     base_lr: float = 0.01
+    """Learning rate of the encoder at iteration 0 (the paper: 0.01)."""
     lr_power: float = 0.9
+    """Power of the poly policy: lr = base_lr * (1 - iter / max_iters) ** power."""
     head_lr_mult: float = 10.0
     """Learning-rate multiplier of everything that is not the encoder (PPM, fusion, classifiers)."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
+    """SGD weight decay."""
     aux_weight: float = 0.4
+    """Weight of the auxiliary FCN head's loss (the paper: 0.4)."""
     cls_weight: float = 1.0
     """Weight of the class-presence BCE loss (model.aux `cls` or `both`); 1.0 as in seed 001's training code."""
     log_interval: int = 10
+    """Iterations between rows of train_log.csv."""
     eval_interval: int = 250
+    """Iterations between validations (and best-checkpoint updates)."""
     checkpoint_interval: int = 250
+    """Iterations between saves of last.safetensors and the resume state."""
     seed: int = 0
+    """Seed of the weights' initialisation, the data order and the augmentation."""
     device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
     amp: bool = False
     """Mixed precision (CUDA only)."""
     init_from: str | None = None
@@ -242,6 +274,7 @@ class EvalConfig:
     """Largest input image (width x height) that predict and evaluate accept; larger ones are refused from
     the file header, before decoding. Null: `pixel_cap()` of the inference settings."""
     batch_size: int = 1
+    """Images per evaluation batch (more than 1 only when all images share a size)."""
     absent: Literal["exclude", "zero"] = "exclude"
     """Classes absent from ground truth and prediction: `exclude` from the mean (mmseg, Cityscapes)
     or count as IoU 0 (semseg)."""
@@ -399,6 +432,32 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
         else:
             keys.append(name)
     return keys
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under the fields of a config dataclass (first paragraph, one line)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split("\n\n")[0].split())
+    return docs
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) of every key of the schema."""
+    rows = []
+    defaults, docs, hints = cls(), field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
+        else:
+            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append((f"{prefix}{f.name}", _type_name(hint), default, docs.get(f.name, "")))
+    return rows
 
 
 def _unknown_key_error(key: str, source: str) -> ConfigError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import DataError
 from .common import add_set
 
 
@@ -48,6 +49,8 @@ def run_preview(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     split = args.split or config.data.train_split
     source = build_source(config.data, split)
+    if not len(source):
+        raise DataError(f"{config.data.format}/{split} has no samples to preview (see `pspnet data check`)")
     count = max(1, min(args.count, len(source)))
     step = max(1, len(source) // count)
     items = [(sample.image, sample.mask) for sample in (source.load(i * step) for i in range(count))]

@@ -15,7 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="print a resolved config or the list of keys")
     config.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
     add_set(config)
-    config.add_argument("--keys", action="store_true", help="list every config key")
+    config.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
     config.set_defaults(run=run_config)
 
     models = sub.add_parser("models", help="list the encoders, or show one model's size and FLOPs",
@@ -41,10 +41,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from ..config import all_keys, dump_yaml, load_config
+    from ..config import describe_keys, dump_yaml, load_config
 
     if args.keys:
-        print("\n".join(all_keys()))
+        rows = describe_keys()
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for key, kind, default, doc in rows:
+            print(f"{key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {doc}")
     else:
         print(dump_yaml(load_config(args.config, args.overrides)), end="")
     return 0

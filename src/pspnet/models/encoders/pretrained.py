@@ -1,4 +1,5 @@
-"""Encoder weights: local state dicts (timm, torchvision, ours) and timm's ImageNet weights.
+"""Encoder weights: local state dicts (timm, torchvision, ours, the references' ImageNet ResNets) and
+timm's ImageNet weights.
 
 Keys are matched after normalisation, so a full classification model's state dict loads into a
 `features_only` encoder: wrapper prefixes (`module.`, `backbone.`, `encoder.`, `body.`, `model.`)
@@ -6,6 +7,11 @@ are dropped and `.` and `_` are treated alike (timm's feature wrappers rename `l
 `layers_0`). Keys the encoder does not use (the classifier, a final norm) are reported, not fatal;
 missing keys and wrong shapes are errors. A 3-channel first conv is adapted to other `in_channels`
 as timm does (summed for 1 channel, repeated and rescaled otherwise).
+
+The ImageNet ResNets the reference implementations train from are recognised by their stem and
+renamed to timm's names: semseg's `initmodel/resnet{50,101,152}_v2.pth` (deep stem 64-64-128 as
+`conv1..conv3`/`bn1..bn3`, for `resnet{D}_deepstem`) and mmcv's `resnet{D}_v1c` (deep stem 32-32-64 as
+`stem.{0,1,3,4,6,7}`, for `resnet{D}_v1c`). For these, only the classifier (`fc.*`) may be left over.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ class LoadReport:
     adapted: list[str]
 
 
-def _normalize(key: str) -> str:
+def _normalize(key: str, keep_dots: bool = False) -> str:
+    """`key` without wrapper prefixes, with `.` written as `_` (unless `keep_dots`)."""
     stripped = True
     while stripped:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
-    return key.replace(".", "_")
+    return key if keep_dots else key.replace(".", "_")
 
 
 def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -58,8 +65,49 @@ def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor |
     return timm.models.adapt_input_conv(shape[1], weight)
 
 
+STEM_LAYOUTS = {
+    "semseg deep-stem ResNet": {"conv1.": "conv1.0.", "bn1.": "conv1.1.", "conv2.": "conv1.3.", "bn2.": "conv1.4.",
+                                "conv3.": "conv1.6.", "bn3.": "bn1."},
+    "mmcv ResNetV1c": {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
+                       "stem.6.": "conv1.6.", "stem.7.": "bn1."},
+}
+"""Stem key prefixes of the references' ImageNet ResNets -> timm's deep-stem names (blocks are named alike)."""
+CLASSIFIER_PREFIX = "fc."
+
+
+def reference_stem_layout(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the reference ResNet layout `state` is in (see STEM_LAYOUTS), or None."""
+    keys = {_strip_wrappers(key) for key in state}
+    if "layer1.0.conv1.weight" not in keys:
+        return None
+    if len(keys & {"conv2.weight", "bn2.weight", "conv3.weight", "bn3.weight"}) >= 2:
+        return "semseg deep-stem ResNet"
+    if any(key.startswith("stem.") for key in keys):
+        return "mmcv ResNetV1c"
+    return None
+
+
+def _strip_wrappers(key: str) -> str:
+    return _normalize(key, keep_dots=True)
+
+
+def _rename_stem(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, tensor in state.items():
+        name = _strip_wrappers(key)
+        for old, new in STEM_LAYOUTS[layout].items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        renamed[name] = tensor
+    return renamed
+
+
 def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
     """Load `state` into `encoder`, matching keys as the module docstring says."""
+    layout = reference_stem_layout(state)
+    if layout is not None:
+        state = _rename_stem(state, layout)
     own = encoder.state_dict()
     by_name = {_normalize(key): key for key in state}
     names = {key: by_name.get(_normalize(key), key) for key in own}  # unmatched keys keep their own name: missing
@@ -77,9 +125,13 @@ def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], sourc
         raise CheckpointError(diff.describe(f"encoder weights {source} do not match the encoder "
                                             f"({matched} of {len(own)} tensors matched):", MAX_LISTED))
     loaded = {key: tensors[name] for key, name in names.items() if name in tensors}
-    encoder.load_state_dict(loaded, strict=False)
     used = {names[key] for key in loaded}
     unused = sorted(key for key in state if key not in used)
+    if layout is not None and any(not key.startswith(CLASSIFIER_PREFIX) for key in unused):
+        extra = [key for key in unused if not key.startswith(CLASSIFIER_PREFIX)]
+        raise CheckpointError(f"encoder weights {source} ({layout}): tensors the encoder has no place for: "
+                              + ", ".join(extra[:MAX_LISTED]) + (f", ... ({len(extra)} in all)" if len(extra) > MAX_LISTED else ""))
+    encoder.load_state_dict(loaded, strict=False)
     if unused:
         shown = ", ".join(unused[:MAX_LISTED]) + (", ..." if len(unused) > MAX_LISTED else "")
         log.info("encoder weights %s: %d tensors the encoder does not use (classifier etc.): %s", source, len(unused), shown)

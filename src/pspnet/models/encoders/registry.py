@@ -114,8 +114,9 @@ def resolve_encoder(cfg: ModelConfig) -> EncoderSpec:
     arch = name.removeprefix("timm:")
     if timm.is_model(arch):
         return _timm_spec(arch)
-    known = dict.fromkeys([*ENCODERS, *timm.list_models()])  # ours first, without repeats
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(ENCODERS), n=3, cutoff=0.6)  # our names first
+    if not close:
+        close = [f"timm:{arch}" for arch in difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.5)]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"model.encoder: unknown encoder '{name}'{hint} (see `pspnet models`; any timm model: timm:NAME)")
 
