@@ -191,3 +191,17 @@ def test_unmatched_threshold_is_a_setting(tmp_path, capsys):
     assert main(["data", "check", str(config)]) == 1
     assert "unknown_colors" in capsys.readouterr().out
     assert main(["data", "check", str(config), "--max-unmatched", "0.2"]) == 0
+
+
+def test_training_reports_the_unmatched_colour_fraction_once(tmp_path, caplog):
+    from conftest import tiny_config_dict
+    from pspnet.config import Config
+    from pspnet.engine.trainer import Trainer
+
+    _jpeg_pairs(tmp_path / "data", 3, quality=85)
+    data = tiny_config_dict()
+    data["data"].update(format="pairs", root=str(tmp_path / "data"), train_split="val")
+    with caplog.at_level("INFO"):
+        Trainer(Config.from_dict(data), tmp_path / "run", progress=False)
+    reports = [r.getMessage() for r in caplog.records if "match no class colour" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].startswith("pairs: 0.00% of the colour-mask pixels in 3 sampled masks")

@@ -62,6 +62,44 @@ def test_slide_equals_whole_for_a_pointwise_model(size, crop, stride):
     torch.testing.assert_close(slide, whole, rtol=0, atol=1e-6)
 
 
+class WindowDependent(nn.Module):
+    """A 5x5 conv with zero padding: a pixel's logits depend on where its window's border is."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 6, 5, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * self.conv(x)
+
+
+@pytest.mark.parametrize("size, window_batch", [((70, 90), 1), ((70, 90), 3), ((20, 95), 2), ((131, 64), 4)])
+def test_sliding_window_labels_are_decided_band_by_band(size, window_batch, monkeypatch):
+    """Labels stream out in bands of at most one crop height, equal to the argmax of the full probabilities."""
+    settings = EvalConfig(mode="slide", crop_size=[32, 40], window_batch=window_batch, flip=True)
+    inferencer = Inferencer(WindowDependent(), settings)
+    images = torch.randn(2, 3, *size)
+    expected = inferencer.probabilities(images).argmax(1).to(torch.uint8)
+    heights = []
+    original = Inferencer._slide_bands
+
+    def recording(self, batch):
+        for top, band in original(self, batch):
+            heights.append(band.shape[2])
+            yield top, band
+
+    monkeypatch.setattr(Inferencer, "_slide_bands", recording)
+    labels = inferencer.labels(images)
+    torch.testing.assert_close(labels, expected, rtol=0, atol=0)
+    stride = settings.window_stride[0]
+    rows = len(window_starts(max(size[0], 32), 32, stride))
+    columns = len(window_starts(max(size[1], 40), 40, settings.window_stride[1]))
+    rows_per_batch = -(-window_batch // columns)
+    assert sum(heights) == max(size[0], 32) and len(heights) >= rows // rows_per_batch
+    assert max(heights) <= 32 + stride * (rows_per_batch - 1)  # bounded by the windows, not the image height
+
+
 @pytest.mark.parametrize("length, crop, stride", [(32, 32, 22), (33, 32, 22), (75, 32, 22), (76, 32, 22), (100, 32, 21),
                                                   (714, 713, 476), (1024, 713, 476), (2048, 713, 476), (513, 473, 316)])
 def test_windows_cover_every_pixel_and_end_at_the_border(length, crop, stride):

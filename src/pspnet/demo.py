@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         ("checkpoints", out / "checkpoints"),
         ("training log", out / "train_log.csv"),
         ("validation log", out / "val_log.csv"),
-        ("tensorboard", f"tensorboard --logdir {out / 'tensorboard'}"),
+        ("tensorboard", f"{os.path.relpath(Path(sys.executable).with_name('tensorboard'))} --logdir {out / 'tensorboard'}"),
         ("evaluation", out / "eval-val.json"),
         ("input images", inputs),
         ("predictions", out / "predictions"),

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check = data_sub.add_parser("check", help="scan a dataset split and report every problem",
                                 description="Counts, class pixel frequencies and every problem with its file name; "
                                             "exits 1 when problems are found.")
-    check.add_argument("config")
+    check.add_argument("config", help="YAML config whose data section describes the dataset")
     check.add_argument("--split", help="split to scan (default: the training split)")
     check.add_argument("--max-unmatched", type=float, default=0.01, metavar="FRACTION",
                        help="largest fraction of a colour mask's pixels that may match no class colour before the "
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_set(check)
     check.set_defaults(run=run_check)
     preview = data_sub.add_parser("preview", help="grid of images with their masks and a class legend")
-    preview.add_argument("config")
+    preview.add_argument("config", help="YAML config whose data section describes the dataset")
     preview.add_argument("--out", required=True, help="PNG file to write")
     preview.add_argument("--split", help="split to show (default: the training split)")
     preview.add_argument("--count", type=int, default=8, help="number of samples (default 8)")

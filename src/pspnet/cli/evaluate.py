@@ -66,8 +66,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
                           f"{dataset.classes.num_classes}")
     device = next(model.parameters()).device
-    if len(dataset):
-        height, width = dataset.source.load(0).image.shape[:2]
+    first = dataset[0] if len(dataset) else {}
+    if "image" in first:  # a bad first file is reported by the evaluation itself
+        height, width = first["image"].shape[-2:]
         if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
             cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
             log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))

@@ -23,6 +23,7 @@ import yaml
 from ..config import Config, dump_yaml
 from ..errors import CheckpointError, ConfigError
 from ..io.files import atomic_path, remove_stale_temp_files
+from ..checkpoint.native import read_metadata
 from ..io.weights import load_torch_file
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,12 @@ class RunDirectory:
 
     def load_resume_state(self) -> dict[str, Any]:
         return load_torch_file(self.resume_state)
+
+    def last_iteration(self) -> int | None:
+        """The iteration `last.safetensors` was saved at (None when there is none)."""
+        if not self.last.is_file():
+            return None
+        return read_metadata(self.last).get("iteration")
 
 
 class RunLog:

@@ -200,6 +200,8 @@ class Trainer:
         if self.iteration < cfg.max_iters:  # the data can be read: only now is the run directory created
             batches = itertools.chain([next(batches)], batches)
         self.run.create(self.config)
+        if self.iteration and self.run.last_iteration() != self.iteration:  # killed between the resume state and the weights
+            save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
         run_log = RunLog(self.run, self.iteration)
         self.model.train()
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)

@@ -49,13 +49,16 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():  # our own cap below is the check; PIL's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        _check_size(image, max_pixels, str(path))
-        image.load()
+            image = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as exc:
         raise DataError(f"image {path} refused before decoding: {exc}") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: not an image format Pillow recognises") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    _check_size(image, max_pixels, str(path))
+    try:
+        image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
     return image
