@@ -50,8 +50,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    # heavy (torch): only when the command runs
+    from ..engine import distributed  # heavy (torch): only when the command runs
+
+    context = distributed.setup(args.device)
+    try:
+        return _evaluate(args, context)
+    finally:
+        distributed.teardown()
+
+
+def _evaluate(args: argparse.Namespace, context) -> int:
+    """Evaluate on this process's share of the split (all of it without torchrun); rank 0 reports."""
     from ..data.loaders import build_dataset, build_eval_loader
+    from ..engine.distributed import agree
     from ..engine.evaluator import UPSAMPLING_WARNING, evaluate, protocol_cost
     from ..errors import ConfigError
     from ..inference.protocol import upsampling_factor
@@ -59,21 +70,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..report.results import metrics_to_dict, save_csv
     from ..report.table import format_table
 
-    model, config, checkpoint = load_for_inference(args)
-    split = args.split or config.data.val_split
-    dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
-    if dataset.classes.num_classes != model.card.num_classes:
-        raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
-                          f"{dataset.classes.num_classes}")
-    device = next(model.parameters()).device
-    first = dataset[0] if len(dataset) else {}
+    def prepare():
+        model, config, checkpoint = load_for_inference(args, context)
+        split = args.split or config.data.val_split
+        dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
+        if dataset.classes.num_classes != model.card.num_classes:
+            raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
+                              f"{dataset.classes.num_classes}")
+        return model, config, checkpoint, split, dataset
+
+    model, config, checkpoint, split, dataset = agree(context, prepare)
+    first = dataset[0] if len(dataset) and context.is_main else {}
     if "image" in first:  # a bad first file is reported by the evaluation itself
         height, width = first["image"].shape[-2:]
         if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
-            cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
+            cost = protocol_cost(model, config.eval, height, width, len(dataset), context.device)
             log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
-    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device)
-    metrics = evaluate(model, loader, model.card.num_classes, config.eval, device, progress=not args.quiet)
+    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, context.device, context.rank, context.world_size)
+    metrics = evaluate(model, loader, model.card.num_classes, config.eval, context.device, progress=not args.quiet,
+                       distributed=context)
+    if not context.is_main:
+        return 0
     protocol = config.eval.describe()
     names = model.card.classes.names
     print(format_table(metrics, names, title=f"{checkpoint} on {config.data.format}/{split}", protocol=protocol))
@@ -94,11 +111,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..engine.predict import predict_files  # heavy (torch): only when the command runs
+    from ..engine import distributed  # heavy (torch): only when the command runs
+    from ..engine.predict import predict_files
 
-    model, config, _ = load_for_inference(args)
-    report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
-                           output_format=args.output_format, skip_existing=args.skip_existing)
+    context = distributed.setup(args.device)
+    try:
+        model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
+        report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
+                               output_format=args.output_format, skip_existing=args.skip_existing, distributed=context)
+    finally:
+        distributed.teardown()
+    if not context.is_main:
+        return 1 if report.failed else 0
     written = len(report.written)
     what = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/"
     if written:

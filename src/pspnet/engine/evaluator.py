@@ -11,24 +11,37 @@ from torch.utils.data import DataLoader
 from ..config import EvalConfig
 from ..data.loaders import SkipLog, iterate
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
+from ..errors import DataError
 from ..metrics import ConfusionMatrix, SegmentationMetrics
+from .distributed import Distributed, all_reduce_sum, check_all
 from .progress import progress_bar
 
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
              device: torch.device, progress: bool = True, desc: str = "evaluate",
-             skipped: SkipLog | None = None) -> SegmentationMetrics:
-    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count."""
+             skipped: SkipLog | None = None, distributed: Distributed | None = None) -> SegmentationMetrics:
+    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count.
+
+    With several processes, each evaluates its loader (its share of the split) and the confusion
+    matrices are summed: the result is exactly one process's on the whole split.
+    """
+    distributed = distributed or Distributed()
     was_training = model.training
     model.eval()
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
-    with progress_bar(len(loader.dataset), desc, progress, leave=False) as bar:
-        for batch in iterate(loader, skipped):
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            confusion.update(inferencer.labels(images), masks)
-            bar.update(len(images))
+    failure = None
+    with progress_bar(len(loader.dataset), desc, progress and distributed.is_main, leave=False) as bar:
+        try:
+            for batch in iterate(loader, skipped):
+                images = batch["image"].to(device, non_blocking=True)
+                masks = batch["mask"].to(device, non_blocking=True)
+                confusion.update(inferencer.labels(images), masks)
+                bar.update(len(images))
+        except DataError as exc:  # shared with the other processes instead of leaving them waiting
+            failure = exc
+    check_all(distributed, failure)
+    all_reduce_sum(distributed, confusion.matrix)
     model.train(was_training)
     return confusion.compute(absent=settings.absent)
 

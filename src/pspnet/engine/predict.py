@@ -19,6 +19,7 @@ from ..inference.predict import predict_array
 from ..io.files import IMAGE_EXTENSIONS, list_images, remove_stale_temp_files, save_image
 from ..io.images import read_image
 from ..visualize import colorize, overlay, save_label_png
+from .distributed import Distributed, check_all, gather, shard
 from .progress import progress_bar
 
 OUTPUT_FORMATS = ("pspnet", "cityscapes")
@@ -99,7 +100,8 @@ def _check_cityscapes_model(model: torch.nn.Module) -> None:
 
 def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path,
                   settings: EvalConfig | None = None, progress: bool = True,
-                  output_format: str = "pspnet", skip_existing: bool = False) -> PredictionReport:
+                  output_format: str = "pspnet", skip_existing: bool = False,
+                  distributed: Distributed | None = None) -> PredictionReport:
     """Segment every input image and write the results in `output_format`:
 
     * `pspnet`: `labels/` (palette PNG, value = class id), `color/` and `overlay/`;
@@ -109,18 +111,23 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
     Output names follow `collect_inputs`. Inputs that cannot be read (or are larger than the
     settings' pixel cap) are recorded in the report; the others are still processed. With
     `skip_existing`, inputs whose outputs are all there are skipped (an interrupted image is redone).
+    With several processes, each segments its share of the inputs (each image once) and every
+    process returns the report of the whole job.
     """
+    distributed = distributed or Distributed()
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     if output_format == "cityscapes":
         _check_cityscapes_model(model)
     settings = settings or EvalConfig()
     out_dir = Path(out_dir)
-    for folder in ([out_dir] if output_format == "cityscapes" else [out_dir / "labels", out_dir / "color", out_dir / "overlay"]):
-        remove_stale_temp_files(folder)
+    if distributed.is_main:  # before any process writes (check_all is the barrier)
+        for folder in ([out_dir] if output_format == "cityscapes" else [out_dir / "labels", out_dir / "color", out_dir / "overlay"]):
+            remove_stale_temp_files(folder)
+    check_all(distributed, None)
     report = PredictionReport()
-    files = collect_inputs(inputs)
-    with progress_bar(len(files), "predict", progress) as bar:
+    files = shard(collect_inputs(inputs), distributed)
+    with progress_bar(len(files), "predict", progress and distributed.is_main) as bar:
         for path, stem in files:
             outputs = output_files(out_dir, stem, output_format)
             if skip_existing and all(output.is_file() for output in outputs):
@@ -139,4 +146,5 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
                     _write_pspnet(outputs, image, label, model.card.classes)
                 report.written.append(outputs[0])
             bar.update()
-    return report
+    parts = gather(distributed, report)
+    return PredictionReport(*(sum((getattr(part, name) for part in parts), []) for name in ("written", "skipped", "failed")))
