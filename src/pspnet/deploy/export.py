@@ -28,7 +28,7 @@ from ..runtime.metadata import export_metadata
 from ..runtime.onnx_model import OnnxModel
 from ..runtime.optional import import_deploy_module
 from .quantize import DEFAULT_CALIBRATION_IMAGES, dataset_images, quantize_int8
-from .verify import Check, verify_fp32, verify_int8
+from .verify import MIN_INT8_AGREEMENT, Check, verify_fp32, verify_int8
 
 FORMATS = ("onnx", "onnx-int8", "pt2")
 MIN_OPSET = 18
@@ -58,11 +58,13 @@ class ExportReport:
 
 
 def export_model(checkpoint: str | Path, out: str | Path, format: str = "onnx", opset: int | None = None,
-                 size: Sequence[int] | None = None, calibration: str | Path | None = None,
-                 calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> ExportReport:
+                 size: Sequence[int] | None = None, calibration: str | Path | Config | None = None,
+                 calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                 min_agreement: float = MIN_INT8_AGREEMENT) -> ExportReport:
     """Export `checkpoint` to `out` in `format` (see `FORMATS`), traced at `size` (default: the config's
-    training crop) and verified; `calibration` is the config whose train split calibrates an int8
-    export (default: the checkpoint's own config)."""
+    training crop) and verified. `calibration` is the config (or its file) whose train split calibrates
+    an int8 export and whose val split checks it, which must agree with the PyTorch model on at least
+    `min_agreement` of the pixels (default: the checkpoint's own config)."""
     out = Path(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -82,8 +84,8 @@ def export_model(checkpoint: str | Path, out: str | Path, format: str = "onnx", 
         elif format == "pt2":
             report.checks = _write_pt2(model, size, metadata, tmp)
         else:
-            _write_int8(model, size, opset, metadata, tmp, load_config(calibration) if calibration else config,
-                        calibration_images, report)
+            calibration = load_config(calibration) if isinstance(calibration, (str, Path)) else calibration or config
+            _write_int8(model, size, opset, metadata, tmp, calibration, calibration_images, min_agreement, report)
         report.file_bytes = tmp.stat().st_size
     return report
 
@@ -145,7 +147,7 @@ def _save_onnx(proto: Any, path: Path, metadata: dict[str, str]) -> None:
 
 
 def _write_int8(model: PSPNet, size: Sequence[int], opset: int | None, metadata: dict[str, str], path: Path,
-                calibration: Config, calibration_images: int, report: ExportReport) -> None:
+                calibration: Config, calibration_images: int, min_agreement: float, report: ExportReport) -> None:
     """A verified fp32 export, quantized to int8 with `calibration`'s train images, then compared with the
     PyTorch model on its validation images."""
     card = model.card
@@ -159,7 +161,7 @@ def _write_int8(model: PSPNet, size: Sequence[int], opset: int | None, metadata:
     report.calibration_images = len(images)
     onnx = import_deploy_module("onnx")  # optional (extra `deploy`)
     _save_onnx(onnx.load(str(path)), path, metadata)
-    report.checks, report.agreement = verify_int8(model, OnnxModel(path), held_out, size)
+    report.checks, report.agreement = verify_int8(model, OnnxModel(path), held_out, size, min_agreement)
 
 
 def _write_pt2(model: PSPNet, size: Sequence[int], metadata: dict[str, str], path: Path) -> list[Check]:

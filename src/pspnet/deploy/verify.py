@@ -77,18 +77,18 @@ MIN_INT8_AGREEMENT = 0.9
 quantization lands far below; a good one at 99% or more)."""
 
 
-def verify_int8(reference: Runner, exported: Runner, images: Sequence[torch.Tensor],
-                export_size: Sequence[int]) -> tuple[list[Check], float]:
+def verify_int8(reference: Runner, exported: Runner, images: Sequence[torch.Tensor], export_size: Sequence[int],
+                min_agreement: float = MIN_INT8_AGREEMENT) -> tuple[list[Check], float]:
     """Compare on real images (int8 logits differ from fp32, so random inputs say little): each image at its
     own size, and the first one resized to the export size and to every `VERIFY_SIZES`. Returns the checks
-    and the pixel-weighted argmax agreement; ExportError when that is below `MIN_INT8_AGREEMENT`."""
+    and the pixel-weighted argmax agreement; ExportError when that is below `min_agreement`."""
     resized = [F.interpolate(images[0], size=tuple(size), mode="bilinear", align_corners=False)
                for size in (export_size, *VERIFY_SIZES)]
     checks = [compare(reference, exported, batch) for batch in [*images, *resized]]
     pixels = [float(np.prod(check.shape)) / check.shape[1] for check in checks]
     agreement = sum(check.agreement * count for check, count in zip(checks, pixels)) / sum(pixels)
-    if agreement < MIN_INT8_AGREEMENT:
+    if agreement < min_agreement:
         raise ExportError(f"the int8 export agrees with the model on only {100 * agreement:.1f}% of the pixels of "
-                          f"{len(checks)} held-out images (at least {100 * MIN_INT8_AGREEMENT:.0f}% required), nothing "
+                          f"{len(checks)} held-out images (at least {100 * min_agreement:.0f}% required), nothing "
                           "was written; calibrate on more, or more typical, images (--calibration, --calibration-images)")
     return checks, agreement
