@@ -112,7 +112,7 @@ def with_library_pooling(model: PSPNet) -> PSPNet:
     """A copy of `model` whose PPM pools with nn.AdaptiveAvgPool2d, as before the exportable pooling."""
     model = copy.deepcopy(model)
     for branch in model.decode_head.ppm.branches:
-        branch[0] = torch.nn.AdaptiveAvgPool2d(branch[0].bins)
+        branch[0] = torch.nn.AdaptiveAvgPool2d(branch[0].output_size)
     return model
 
 

@@ -23,24 +23,24 @@ def bin_average_matrix(length: int, bins: int, like: torch.Tensor) -> torch.Tens
 
 
 class AdaptiveAvgPool(nn.Module):
-    """`F.adaptive_avg_pool2d(x, bins)` as two matrix products, `P_h @ x @ P_w^T` (see `bin_average_matrix`).
+    """`F.adaptive_avg_pool2d(x, output_size)` as two matrix products, `P_h @ x @ P_w^T` (see `bin_average_matrix`).
 
     Exact for every input size, and built from the input's (possibly symbolic) size, so an exported
     graph pools correctly at any H x W. No parameters: checkpoints are unchanged.
     """
 
-    def __init__(self, bins: int):
+    def __init__(self, output_size: int):
         super().__init__()
-        self.bins = bins
+        self.output_size = output_size  # the attribute name of nn.AdaptiveAvgPool2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        rows = bin_average_matrix(height, self.bins, x)
-        columns = bin_average_matrix(width, self.bins, x)
+        rows = bin_average_matrix(height, self.output_size, x)
+        columns = bin_average_matrix(width, self.output_size, x)
         return torch.matmul(rows, x @ columns.transpose(0, 1))  # the W contraction first: one large GEMM
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}"
+        return f"output_size={self.output_size}"
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
