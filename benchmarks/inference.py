@@ -7,11 +7,11 @@ Two models:
   validation scenes: latency per 96x96 image, argmax agreement with eager fp32 and mIoU. Without
   `--checkpoint` the script trains it first (about 5 minutes on 2 cores; reused on later runs).
 
-For each backend: median latency (runs interleaved across backends, so a busy machine slows them
-alike), GFLOP/s, speed-up over eager fp32, latency over the matmul floor (FLOPs / this machine's
-matmul peak at that precision, measured in the same run), model file size and peak RSS (each in a
-fresh process). The row "eager fp32, nn.AdaptiveAvgPool2d" is the model before the exportable
-pooling, for comparison.
+For each backend: median latency, GFLOP/s, speed-up over eager fp32, latency over the matmul floor
+(FLOPs / this machine's matmul peak at that precision), model file size and peak RSS (each in a
+fresh process). Each timed run goes once through every backend and through an fp32, a bf16 and an
+int8 matrix product (which give the peaks), so load from other processes slows them all alike.
+The row "eager fp32, nn.AdaptiveAvgPool2d" is the model before the exportable pooling, for comparison.
 
     python benchmarks/inference.py [--checkpoint DEMO.safetensors] [--size 512] [--runs 5]
                                    [--threads N] [--work-dir runs/benchmark-inference] [--skip-paper] [--skip-demo]
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnxruntime
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -83,23 +84,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def matmul_peak(precision: str, repeats: int = 5) -> float:
-    """Best GFLOP/s (GOP/s for int8) of one PEAK_SIZE^3 matrix product at `precision`."""
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def matmul(precision: str) -> Callable[[], torch.Tensor]:
+    """One PEAK_SIZE^3 matrix product at `precision` (int8: torch._int_mm, int32 accumulation)."""
     generator = torch.Generator().manual_seed(0)
     if precision == "int8":
         a, b = (torch.randint(-64, 64, (PEAK_SIZE, PEAK_SIZE), dtype=torch.int8, generator=generator) for _ in range(2))
-        product = lambda: torch._int_mm(a, b)  # noqa: E731
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=generator).to(dtype) for _ in range(2))
-        product = lambda: torch.mm(a, b)  # noqa: E731
-    product()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product()
-        best = min(best, time.perf_counter() - start)
-    return 2 * PEAK_SIZE**3 / best / 1e9
+        return lambda: torch._int_mm(a, b)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=generator).to(dtype) for _ in range(2))
+    return lambda: torch.mm(a, b)
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -116,18 +112,29 @@ def with_library_pooling(model: PSPNet) -> PSPNet:
     return model
 
 
-def interleaved_latency(backends: list[Backend], inputs: list[torch.Tensor], runs: int, warmup: int) -> dict[str, float]:
-    """Median seconds per input of each backend; each run goes once through every backend in turn."""
-    times: dict[str, list[float]] = {backend.name: [] for backend in backends}
+def interleaved_medians(tasks: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each task; each run calls every task once, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in tasks}
     with torch.inference_mode():
         for run in range(warmup + runs):
-            for backend in backends:
+            for name, task in tasks.items():
                 start = time.perf_counter()
-                for x in inputs:
-                    backend.model(x)
+                task()
                 if run >= warmup:
-                    times[backend.name].append((time.perf_counter() - start) / len(inputs))
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure(backends: list[Backend], inputs: list[torch.Tensor], runs: int,
+            warmup: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per input of each backend, and the matmul peak (GFLOP/s) of each precision, measured
+    in the same interleaved runs."""
+    tasks = {backend.name: (lambda model=backend.model: [model(x) for x in inputs]) for backend in backends}
+    tasks.update({f"{precision} matmul": matmul(precision) for precision in PRECISIONS})
+    medians = interleaved_medians(tasks, runs, warmup)
+    latency = {backend.name: medians[backend.name] / len(inputs) for backend in backends}
+    peaks = {precision: 2 * PEAK_SIZE**3 / medians[f"{precision} matmul"] / 1e9 for precision in PRECISIONS}
+    return latency, peaks
 
 
 def probe_rss(load: tuple[str, ...], size: tuple[int, int], threads: int) -> float | None:
@@ -183,7 +190,9 @@ def build_backends(checkpoint: Path, work: Path, size: tuple[int, int], calibrat
 def print_table(title: str, backends: list[Backend], latency: dict[str, float], flops: float, peaks: dict[str, float],
                 size: tuple[int, int], threads: int, quality: dict[str, tuple[float, float]] | None = None) -> None:
     """One row per backend; `quality` maps a backend to (argmax agreement with eager fp32, mIoU)."""
-    print(f"\n{title}: {flops / 1e9:.1f} GFLOP per image")
+    print(f"\n{title}: {flops / 1e9:.1f} GFLOP per image; matmul peak ({PEAK_SIZE}^3 products, same runs): fp32 "
+          f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x), "
+          f"int8 {peaks['int8']:.0f} GOP/s ({peaks['int8'] / peaks['fp32']:.2f}x)")
     header = f"{'backend':<34}{'latency':>10}{'GFLOP/s':>9}{'speed-up':>9}{'/ floor':>8}{'file MB':>9}{'peak RSS':>10}"
     if quality:
         header += f"{'agreement':>11}{'mIoU':>7}"
@@ -202,7 +211,7 @@ def print_table(title: str, backends: list[Backend], latency: dict[str, float], 
         print(row)
 
 
-def paper_model(args: argparse.Namespace, peaks: dict[str, float]) -> None:
+def paper_model(args: argparse.Namespace) -> None:
     size = (args.size, args.size)
     work = Path(args.work_dir) / "r50"
     work.mkdir(parents=True, exist_ok=True)
@@ -216,13 +225,13 @@ def paper_model(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     backends = build_backends(checkpoint, work, size, config, calibration_images=8)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     flops = count_flops(backends[0].model, x)
-    latency = interleaved_latency(backends, [x], args.runs, args.warmup)
+    latency, peaks = measure(backends, [x], args.runs, args.warmup)
     print_table(f"R50-D8 at {size[0]}x{size[1]}, median of {args.runs} interleaved runs", backends, latency, flops,
                 peaks, size, args.threads)
     pooled = torch.randn(1, 2048, size[0] // 8, size[1] // 8)
-    pools = [Backend("matrix", lambda f: [AdaptiveAvgPool(b)(f) for b in (1, 2, 3, 6)], "fp32", None),
-             Backend("nn", lambda f: [torch.nn.AdaptiveAvgPool2d(b)(f) for b in (1, 2, 3, 6)], "fp32", None)]
-    pool_latency = interleaved_latency(pools, [pooled], 20, 2)
+    pools = {"matrix": lambda: [AdaptiveAvgPool(b)(pooled) for b in (1, 2, 3, 6)],
+             "nn": lambda: [torch.nn.AdaptiveAvgPool2d(b)(pooled) for b in (1, 2, 3, 6)]}
+    pool_latency = interleaved_medians(pools, 20, 2)
     print(f"PPM pooling alone (bins 1, 2, 3, 6 of 1x2048x{size[0] // 8}x{size[1] // 8}): matrix products "
           f"{pool_latency['matrix'] * 1000:.2f} ms, nn.AdaptiveAvgPool2d {pool_latency['nn'] * 1000:.2f} ms")
 
@@ -245,7 +254,7 @@ def demo_checkpoint(args: argparse.Namespace) -> Path:
     return checkpoint
 
 
-def demo_model(args: argparse.Namespace, peaks: dict[str, float]) -> None:
+def demo_model(args: argparse.Namespace) -> None:
     checkpoint = demo_checkpoint(args)
     config = load_checkpoint(checkpoint)[1]
     val = build_dataset(config.data, config.data.val_split, train=False)
@@ -268,7 +277,7 @@ def demo_model(args: argparse.Namespace, peaks: dict[str, float]) -> None:
                 pixels += expected.numel()
             quality[backend.name] = (agree / pixels, confusion.compute().miou)
     flops = count_flops(backends[0].model, images[0])
-    latency = interleaved_latency(backends, images[: args.demo_images], args.runs, args.warmup)
+    latency, peaks = measure(backends, images[: args.demo_images], args.runs, args.warmup)
     print_table(f"demo model at {size[0]}x{size[1]}, median of {args.runs} interleaved runs over {args.demo_images} "
                 "images", backends, latency, flops, peaks, size, args.threads, quality)
 
@@ -293,16 +302,11 @@ def main() -> None:
         run_probe(*args.probe_rss)
         return
 
-    import onnxruntime
-
     print(f"machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-    peaks = {precision: matmul_peak(precision) for precision in ("fp32", "bf16", "int8")}
-    print(f"matmul peak ({PEAK_SIZE}^3 products): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
-          f"({peaks['bf16'] / peaks['fp32']:.2f}x), int8 {peaks['int8']:.0f} GOP/s ({peaks['int8'] / peaks['fp32']:.2f}x)")
     if not args.skip_paper:
-        paper_model(args, peaks)
+        paper_model(args)
     if not args.skip_demo:
-        demo_model(args, peaks)
+        demo_model(args)
     print(f"\npeak RSS: each backend in a fresh process that loads it and runs it twice; such a process peaks at "
           f"{probe_rss(('-', '-'), (1, 1), args.threads):.0f} MB with the imports alone. Latency / floor = latency x "
           "the precision's matmul peak / FLOPs.")

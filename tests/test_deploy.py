@@ -194,8 +194,15 @@ def test_int8_export_is_quantized_per_channel_and_agrees(tiny, exported, capsys)
     assert agreement > 0.95
 
 
-def test_pt2_export_is_dynamic_and_carries_the_metadata(tiny, tmp_path):
-    checkpoint, _ = tiny
+def test_pt2_export_is_dynamic_and_carries_the_metadata(tmp_path):
+    """A model whose logits come out at the input size when it is a multiple of 8 (learned x2 upsampling
+    stages): the final resize must stay in the graph for the other sizes."""
+    data = tiny_config_dict()
+    data["model"].update(decoder="progressive", upsample="transposed", progressive_channels=[8, 8, 8])
+    config = Config.from_dict(data)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "progressive.safetensors",
+                                 create_model(config, ContextScenes("val", 1).classes).eval(), config)
     out = tmp_path / "tiny.pt2"
     report = export_module.export_model(checkpoint, out, "pt2")
     assert [check.shape[2:] for check in report.checks] == [EXPORT_SIZE, *VERIFY_SIZES]
@@ -205,7 +212,9 @@ def test_pt2_export_is_dynamic_and_carries_the_metadata(tiny, tmp_path):
     assert json.loads(json.loads(extra["pspnet.json"])["classes"])[1] == "water"
     x = torch.randn(2, 3, 45, 29)
     with torch.inference_mode():
-        torch.testing.assert_close(program(x), load_model(checkpoint)(x), rtol=1e-5, atol=1e-5)
+        expected = load_model(checkpoint)(x)
+        torch.testing.assert_close(program(x), expected, rtol=1e-5, atol=1e-5)
+    assert expected.shape == (2, 11, 45, 29)
 
 
 # --- verification and bad input: exit 2, nothing written ----------------------------------------------

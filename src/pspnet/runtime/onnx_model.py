@@ -39,14 +39,14 @@ def open_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 class OnnxModel:
-    """An ONNX model exported by `pspnet export`, run on the CPU by onnxruntime."""
-
-    training = False
+    """An ONNX model exported by `pspnet export`, run on the CPU by onnxruntime; `metadata` holds the
+    file's entries, `card` and `config` what they describe."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         self.path = Path(path)
         self.session = open_session(self.path, threads)
-        self.card, self.config = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.card, self.config = read_export_metadata(self.metadata, str(self.path))
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"{self.path}: expected one 4-d image input, found {[(i.name, i.shape) for i in inputs]}")
@@ -55,10 +55,6 @@ class OnnxModel:
     @property
     def classes(self):
         return self.card.classes
-
-    @property
-    def align_corners(self) -> bool:
-        return self.config.model.align_corners
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K, H, W) of a normalised float batch (N, C, H, W), C the model's input channels."""
@@ -82,4 +78,4 @@ class OnnxModel:
 def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxModel, Config, dict[str, str]]:
     """The ONNX model, the config stored in it and its metadata entries."""
     model = OnnxModel(path, threads)
-    return model, model.config, dict(model.session.get_modelmeta().custom_metadata_map)
+    return model, model.config, model.metadata
