@@ -11,6 +11,7 @@ from pspnet import PSPNet
 from pspnet.errors import ConfigError
 from pspnet.losses import PSPLoss
 from pspnet.models import PyramidPoolingModule
+from pspnet.models.ppm import AdaptiveAvgPool
 
 SIZES = [(32, 32), (33, 47), (17, 95), (64, 40), (31, 31), (50, 61)]
 
@@ -123,6 +124,25 @@ def test_ppm_matches_float64_reference(align_corners):
     expected = np.concatenate(expected, axis=0)
     assert actual.shape == (channels + len(bins) * branch, 13, 17)
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 6, 8])
+def test_matrix_pooling_equals_adaptive_average_pooling_at_any_size(bins):
+    """The PPM's exportable pooling against torch's and the by-definition reference, float64, H and W
+    below, at, and above the bin count, odd and even, multiples of the bins or not."""
+    pool = AdaptiveAvgPool(bins)
+    assert list(pool.parameters()) == [] and list(pool.buffers()) == []
+    for height, width in [(1, 1), (1, 5), (2, 7), (5, 3), (6, 6), (7, 13), (13, 17), (64, 64), (65, 88), (97, 31)]:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        actual = pool(x)
+        torch.testing.assert_close(actual, F.adaptive_avg_pool2d(x, bins), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(actual[1].numpy(), _adaptive_pool(x[1].numpy(), bins), rtol=1e-12, atol=1e-12)
+
+
+def test_ppm_state_dict_keys_are_the_checkpoint_layout():
+    """Pooling has no tensors, so branch i keeps its conv at `.1` and its BatchNorm at `.2` (published checkpoints)."""
+    keys = {key.split(".", 2)[2] for key in PyramidPoolingModule(8, (1, 2), 4).state_dict()}
+    assert keys == {"1.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked"}
 
 
 def test_default_branch_width_is_c_over_bins():

@@ -15,3 +15,7 @@ class CheckpointError(PSPNetError):
 
 class DataError(PSPNetError, ValueError):
     """An image or mask that is missing, unreadable, or inconsistent with the dataset's classes."""
+
+
+class ExportError(PSPNetError):
+    """A model that cannot be exported, or an exported file that does not reproduce the model (nothing is written)."""

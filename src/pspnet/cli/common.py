@@ -29,6 +29,23 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """`--backend` and `--threads` of evaluate and predict."""
+    parser.add_argument("--backend", choices=["torch", "torch-bf16"],
+                        help="how a PyTorch checkpoint runs: torch (eager fp32, default) or torch-bf16 (bf16 weights "
+                             "and activations: AVX-512 BF16/AMX CPUs, GPUs); .onnx files always run on onnxruntime")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="intra-op threads for torch and onnxruntime (default: OMP_NUM_THREADS, else the cores)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
+    return value
+
+
 def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
     """Inference protocol flags of evaluate and predict: shorthands for `--set eval.*` (see docs/evaluation.md)."""
     group = parser.add_argument_group("inference protocol (shorthands for --set eval.KEY=VALUE)")
@@ -72,17 +89,27 @@ def inference_config(config: Config, args: argparse.Namespace) -> Config:
 
 
 def load_for_inference(args: argparse.Namespace, context):
-    """Model (on this process's device), the effective config and the checkpoint file: the checkpoint's
-    config (or `--config`'s data and eval sections), then the protocol flags and `--set` items. A run
-    directory stands for its best (else last) checkpoint."""
-    from ..checkpoint import load_checkpoint  # heavy (torch, timm): only when a command runs
+    """Model (on `--backend` and this process's device, with `--threads`), the effective config and the model
+    file: the file's config (or `--config`'s data and eval sections), then the protocol flags and `--set` items.
+    A run directory stands for its best (else last) checkpoint; an ONNX file from `pspnet export` runs on
+    onnxruntime, on the CPU."""
+    # heavy (torch, timm): only when a command runs
+    import torch
+
+    from ..checkpoint import load_checkpoint
     from ..config import load_config
     from ..engine.run_dir import RunDirectory
+    from ..errors import ConfigError
 
     checkpoint = RunDirectory(args.checkpoint).checkpoint() if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
-    model, config, _ = load_checkpoint(checkpoint)
+    model, config, _ = load_checkpoint(checkpoint, args.backend, args.threads)
     if getattr(args, "config", None):
         other = load_config(args.config)
         config = Config(model=config.model, data=other.data, train=config.train, eval=other.eval)
     config = inference_config(config, args)
-    return model.to(context.device), config, checkpoint
+    if isinstance(model, torch.nn.Module):
+        return model.to(context.device), config, checkpoint
+    if args.device not in ("auto", "cpu"):
+        raise ConfigError(f"{checkpoint} is an ONNX file: it runs on the CPU (onnxruntime); --device {args.device} "
+                          "applies to PyTorch checkpoints")
+    return model, config, checkpoint

@@ -8,11 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_device, add_protocol_flags, add_set, load_for_inference
+from .common import add_backend, add_device, add_protocol_flags, add_set, load_for_inference
 
 log = logging.getLogger("pspnet")
 
-CHECKPOINT_HELP = "a .safetensors checkpoint (semseg and mmseg .pth files too), or a run directory (its best, else last, checkpoint)"
+CHECKPOINT_HELP = ("a .safetensors checkpoint (semseg and mmseg .pth files too), an .onnx file from `pspnet export`, "
+                   "or a run directory (its best, else last, checkpoint)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                         "beside it (default: next to the checkpoint)")
     evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
     add_device(evaluate)
+    add_backend(evaluate)
     add_protocol_flags(evaluate)
     evaluate.add_argument("--absent", choices=["exclude", "zero"],
                           help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
@@ -45,6 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          help="skip inputs whose outputs are all there (an interrupted image is redone)")
     add_set(predict)
     add_device(predict)
+    add_backend(predict)
     add_protocol_flags(predict)
     predict.set_defaults(run=run_predict)
 

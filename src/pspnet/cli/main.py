@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, info, train
+from . import data, evaluate, export, info, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parsers(sub)
+    export.add_parser(sub)
     data.add_parser(sub)
     info.add_parsers(sub)
     return parser

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import EvalConfig
 from ..data.loaders import SkipLog, iterate
+from ..inference.predict import evaluation_mode
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
 from ..errors import DataError
 from ..metrics import ConfusionMatrix, SegmentationMetrics
@@ -17,21 +19,21 @@ from .distributed import Distributed, all_reduce_sum, check_all
 from .progress import progress_bar
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, num_classes: int, settings: EvalConfig,
              device: torch.device, progress: bool = True, desc: str = "evaluate",
              skipped: SkipLog | None = None, distributed: Distributed | None = None) -> SegmentationMetrics:
-    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count.
+    """Run `model` (a torch module or any backend) over `loader` with the protocol in `settings`;
+    ignore-label pixels do not count.
 
     With several processes, each evaluates its loader (its share of the split) and the confusion
     matrices are summed: the result is exactly one process's on the whole split.
     """
     distributed = distributed or Distributed()
-    was_training = model.training
-    model.eval()
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
     failure = None
-    with progress_bar(len(loader.dataset), desc, progress and distributed.is_main, leave=False) as bar:
+    with evaluation_mode(model), progress_bar(len(loader.dataset), desc, progress and distributed.is_main,
+                                              leave=False) as bar:
         try:
             for batch in iterate(loader, skipped):
                 images = batch["image"].to(device, non_blocking=True)
@@ -42,7 +44,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, setti
             failure = exc
     check_all(distributed, failure)
     all_reduce_sum(distributed, confusion.matrix)
-    model.train(was_training)
     return confusion.compute(absent=settings.absent)
 
 
@@ -69,14 +70,14 @@ class ProtocolCost:
 
 
 @torch.inference_mode()
-def protocol_cost(model: torch.nn.Module, settings: EvalConfig, height: int, width: int, images: int,
-                  device: torch.device) -> ProtocolCost:
+def protocol_cost(model: Callable[[torch.Tensor], torch.Tensor], settings: EvalConfig, height: int, width: int,
+                  images: int, device: torch.device) -> ProtocolCost:
     """Upsampling factor, forward passes and an ETA for evaluating `images` images of `height` x `width`."""
     passes = forward_passes(settings, height, width)
-    model.eval()
     seconds = 0.0
-    for size in dict.fromkeys(size for size, _ in passes):
-        start = time.perf_counter()
-        model(torch.zeros((1, model.card.in_channels, *size), device=device))
-        seconds += (time.perf_counter() - start) * sum(count for other, count in passes if other == size)
+    with evaluation_mode(model):
+        for size in dict.fromkeys(size for size, _ in passes):
+            start = time.perf_counter()
+            model(torch.zeros((1, model.card.in_channels, *size), device=device))
+            seconds += (time.perf_counter() - start) * sum(count for other, count in passes if other == size)
     return ProtocolCost(upsampling_factor(settings, height, width), sum(count for _, count in passes), seconds * images)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_model, load_strict, save_checkpoint
+from ..checkpoint import load_pytorch_checkpoint, load_strict, save_checkpoint
 from ..classes import IGNORE_INDEX
 from ..config import Config
 from ..data.check import report_colour_matching
@@ -142,7 +142,8 @@ class Trainer:
         self.model = create_model(config, self.classes)
         self.config = config.replace([f"model.num_classes={self.model.config.num_classes}"])
         if train.init_from and init_weights and self.dist.is_main:  # the other ranks get rank 0's weights from DDP
-            load_strict(self.model, load_model(train.init_from).state_dict(), f"train.init_from {train.init_from}")
+            load_strict(self.model, load_pytorch_checkpoint(train.init_from)[0].state_dict(),
+                        f"train.init_from {train.init_from}")
         self.model.to(self.device)
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)

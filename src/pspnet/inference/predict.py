@@ -6,7 +6,8 @@ the input size, with a `card` (`pspnet.card.ModelCard`: classes, mean/std, input
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,20 @@ def model_device(model: Any) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: Any) -> Iterator[None]:
+    """Put a model in eval mode for the block, then back into training mode if it was in it
+    (backends other than torch modules have no training mode)."""
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 @torch.inference_mode()
 def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
     """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count;
@@ -38,14 +53,8 @@ def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = N
     card = model.card
     batch = image if image.ndim == 4 else image[None]
     tensor = torch.stack([image_to_tensor(item, card.mean, card.std) for item in batch]).to(model_device(model))
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
-    try:
+    with evaluation_mode(model):
         labels = Inferencer(model, settings).labels(tensor).cpu().numpy()
-    finally:
-        if was_training:
-            model.train()
     return labels if image.ndim == 4 else labels[0]
 
 

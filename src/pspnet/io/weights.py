@@ -30,6 +30,13 @@ def is_safetensors(path: str | Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def is_onnx(path: str | Path) -> bool:
+    """ONNX files are a serialised ModelProto whose first field is `ir_version`: tag byte 0x08, then a small varint."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x08 and 0 < head[1] < 0x80
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, str]:
     """The `__metadata__` strings of a safetensors file (empty when it has none)."""
     try:

@@ -9,6 +9,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def bin_average_matrix(length: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """(bins, length) matrix whose row i averages positions floor(i*L/b) .. ceil((i+1)*L/b) - 1.
+
+    These are adaptive average pooling's windows. Position p lies in bin i exactly when
+    i*L < (p+1)*b and (i+1)*L > p*b (integer arithmetic, valid for L < b too). `length` may be a
+    symbolic size, so exporters keep it dynamic; the result has `like`'s dtype and device.
+    """
+    positions = torch.arange(length, device=like.device)
+    index = torch.arange(bins, device=like.device)[:, None]
+    inside = ((index * length < (positions + 1) * bins) & ((index + 1) * length > positions * bins)).to(like.dtype)
+    return inside / inside.sum(1, keepdim=True)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """`F.adaptive_avg_pool2d(x, output_size)` as two matrix products, `P_h @ x @ P_w^T` (see `bin_average_matrix`).
+
+    Exact for every input size, and built from the input's (possibly symbolic) size, so an exported
+    graph pools correctly at any H x W. No parameters: checkpoints are unchanged.
+    """
+
+    def __init__(self, output_size: int):
+        super().__init__()
+        self.output_size = output_size  # the attribute name of nn.AdaptiveAvgPool2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        rows = bin_average_matrix(height, self.output_size, x)
+        columns = bin_average_matrix(width, self.output_size, x)
+        return torch.matmul(rows, x @ columns.transpose(0, 1))  # the W contraction first: one large GEMM
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     """Conv (no bias) + BatchNorm + ReLU, the building block of every PSPNet head."""
     return nn.Sequential(
@@ -20,6 +54,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
 
 class PyramidPoolingModule(nn.Module):
     """Pool the feature map into bins x bins grids, reduce each with a 1x1 conv, upsample, concatenate.
+
+    The pooling is `AdaptiveAvgPool` (exact at any size, and exportable with dynamic H x W).
 
     Output: [input, branch(bin_1), ..., branch(bin_n)] along channels, i.e.
     `in_channels + len(bins) * branch_channels` channels at the input's resolution.
@@ -37,7 +73,7 @@ class PyramidPoolingModule(nn.Module):
         self.bins = tuple(bins)
         self.align_corners = align_corners
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(size), *conv_bn_relu(in_channels, branch_channels, 1)) for size in self.bins
+            nn.Sequential(AdaptiveAvgPool(size), *conv_bn_relu(in_channels, branch_channels, 1)) for size in self.bins
         )
         self.out_channels = in_channels + len(self.bins) * branch_channels
 

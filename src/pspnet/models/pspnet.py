@@ -95,7 +95,9 @@ class PSPNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in encoder_ids]
 
     def _resize(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        if logits.shape[-2:] == size:
+        # A traced graph (torch.export, torch.compile) keeps the resize, an exact identity at equal sizes:
+        # skipping it would bake the example input's size comparison into the graph.
+        if not torch.compiler.is_compiling() and logits.shape[-2:] == size:
             return logits
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
 

@@ -8,8 +8,6 @@ reduction when the model needs it, and every map is cropped back to ceil(size / 
 
 from __future__ import annotations
 
-import math
-
 import timm
 import torch
 import torch.nn.functional as F
@@ -32,13 +30,14 @@ class TimmEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
-        if pad_h or pad_w:
+        padded = self.pad_multiple > 1 and (torch.compiler.is_compiling() or pad_h or pad_w)  # traced: sizes stay symbolic
+        if padded:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.body(x)
         if self.channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
-        if pad_h or pad_w:
-            features = [f[..., : math.ceil(height / r), : math.ceil(width / r)] for f, r in zip(features, self.reductions)]
+        if padded:
+            features = [f[..., : -(-height // r), : -(-width // r)] for f, r in zip(features, self.reductions)]
         return features
 
 
