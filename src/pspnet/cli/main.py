@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, info, train
+from . import data, evaluate, info, report, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parsers(sub)
+    report.add_parser(sub)
     data.add_parser(sub)
     info.add_parsers(sub)
     return parser
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["pspnet", *(sys.argv[1:] if argv is None else argv)]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

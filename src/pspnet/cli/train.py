@@ -40,6 +40,8 @@ def resolve_run(args: argparse.Namespace) -> tuple[Path, str | Path]:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..engine.environment import command_line
+    from ..engine.run_report import report_run
     from ..engine.trainer import Trainer  # heavy (torch, timm): only when training runs
     from ..report.table import format_table
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and not Path(config_path).is_file():
         raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
     config = load_config(config_path, args.overrides)
-    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, command=command_line(args.argv))
     result = trainer.train()
     if result.metrics is not None:
         print(format_table(result.metrics, trainer.classes.names, title=f"validation at iteration {result.iteration}"))
@@ -60,4 +62,6 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped_early:
         print(f"stopped at iteration {result.iteration}; continue with: pspnet train --resume {run_dir}")
         return 128 + result.stop_signal if result.stop_signal else 0
+    report = report_run(run_dir, device=config.train.device, progress=not args.quiet, validation=result.validation)
+    print(f"report:          {report}  (curves: {result.run_dir / 'curves.png'})")
     return 0

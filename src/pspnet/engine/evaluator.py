@@ -2,23 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import EvalConfig
-from ..data.loaders import SkipLog, iterate
+from ..config import Config, EvalConfig
+from ..data.base import SegmentationDataset
+from ..data.loaders import SkipLog, build_dataset, build_eval_loader, iterate
+from ..errors import ConfigError
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
 from ..metrics import ConfusionMatrix, SegmentationMetrics
 from .progress import progress_bar
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageScores:
+    """Per-image mIoU of an evaluation, in the loader's order (`evaluate(..., observe=scores)`): the mean
+    IoU over the classes in the image's ground truth or prediction (NaN for an image without labels)."""
+
+    num_classes: int
+    names: list[str] = field(default_factory=list)
+    miou: list[float] = field(default_factory=list)
+
+    def __call__(self, batch: dict, labels: torch.Tensor) -> None:
+        for name, label, mask in zip(batch["name"], labels, batch["mask"]):
+            confusion = ConfusionMatrix(self.num_classes)
+            confusion.update(label, mask)
+            self.names.append(name)
+            self.miou.append(confusion.compute(absent="exclude").miou)
+
+
+@dataclass
+class Validation:
+    """An evaluation of the model saved at `iteration` on the val split: its metrics and per-image scores."""
+
+    iteration: int
+    metrics: SegmentationMetrics
+    scores: ImageScores
+
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, settings: EvalConfig,
              device: torch.device, progress: bool = True, desc: str = "evaluate",
-             skipped: SkipLog | None = None) -> SegmentationMetrics:
-    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count."""
+             skipped: SkipLog | None = None,
+             observe: Callable[[dict, torch.Tensor], None] | None = None) -> SegmentationMetrics:
+    """Run `model` over `loader` with the protocol in `settings`; ignore-label pixels do not count.
+    `observe(batch, labels)` sees each batch with its predicted labels (e.g. `ImageScores`)."""
     was_training = model.training
     model.eval()
     inferencer = Inferencer(model, settings)
@@ -27,10 +61,37 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, setti
         for batch in iterate(loader, skipped):
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)
-            confusion.update(inferencer.labels(images), masks)
+            labels = inferencer.labels(images)
+            confusion.update(labels, masks)
+            if observe is not None:
+                observe({**batch, "mask": masks}, labels)
             bar.update(len(images))
     model.train(was_training)
     return confusion.compute(absent=settings.absent)
+
+
+def evaluate_split(model: torch.nn.Module, config: Config, split: str, progress: bool = True,
+                   observe: Callable[[dict, torch.Tensor], None] | None = None
+                   ) -> tuple[SegmentationMetrics, SegmentationDataset]:
+    """Metrics of `model` (on its device) over `split` of `config.data` under `config.eval`, and the dataset.
+
+    ConfigError when the split's classes are not the model's; a warning with the cost when the protocol
+    would enlarge the images more than `UPSAMPLING_WARNING` times.
+    """
+    dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
+    if dataset.classes.num_classes != model.card.num_classes:
+        raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
+                          f"{dataset.classes.num_classes}")
+    device = next(model.parameters()).device
+    first = dataset[0] if len(dataset) else {}
+    if "image" in first:  # a bad first file is reported by the evaluation itself
+        height, width = first["image"].shape[-2:]
+        if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
+            cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
+            log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
+    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device)
+    metrics = evaluate(model, loader, model.card.num_classes, config.eval, device, progress, observe=observe)
+    return metrics, dataset
 
 
 UPSAMPLING_WARNING = 2.0

@@ -26,9 +26,11 @@ from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
 from ..models import create_model
 from .device import resolve_device
-from .evaluator import evaluate
+from .environment import command_line, hardware, software
+from .evaluator import ImageScores, Validation, evaluate
 from .progress import progress_bar
-from .run_dir import RunDirectory, RunLog
+from .run_dir import RunDirectory
+from .run_log import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,20 @@ class TrainResult:
     stop_signal: int | None = None
     """The signal (SIGINT, SIGTERM) that stopped the run early, if one did."""
     skipped: SkipLog | None = None
+    validation: Validation | None = None
+    """The last validation with its per-image scores (None if none ran)."""
 
 
 class Trainer:
     """Trains a PSPNet as configured, writing everything into `run_dir` (a `RunDirectory`).
 
     With `resume`, the run continues from its resume state; when it has none (it was killed before
-    its first checkpoint) it starts over, with a warning.
+    its first checkpoint) it starts over, with a warning. `command` is recorded in run.json (default:
+    this process's command line).
     """
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                 command: str | None = None):
         self.run = RunDirectory(run_dir)
         if resume:
             config = self.run.check_resume(config)
@@ -86,6 +92,7 @@ class Trainer:
             self.run.check_new()
         resume = resume and self.run.can_resume()
         self.progress = progress
+        self.command = command or command_line()
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self._stop_requested = False
         self._stop_signal: int | None = None
@@ -162,12 +169,12 @@ class Trainer:
             group["lr"] = base_lr * factor
         log.info("resuming %s at iteration %d of %d", self.run.path, self.iteration, train.max_iters)
 
-    def validate(self) -> SegmentationMetrics:
-        """Metrics of the current model on the validation split."""
+    def validate(self, scores: ImageScores | None = None) -> SegmentationMetrics:
+        """Metrics of the current model on the validation split (per-image mIoU into `scores`)."""
         cfg = self.config
         loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device)
         return evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
-                        desc="validate", skipped=self.skipped)
+                        desc="validate", skipped=self.skipped, observe=scores)
 
     def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog) -> None:
         """Log validation metrics and keep the best checkpoint."""
@@ -203,10 +210,13 @@ class Trainer:
         if self.iteration and self.run.last_iteration() != self.iteration:  # killed between the resume state and the weights
             save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
         run_log = RunLog(self.run, self.iteration)
+        session = {"command": self.command, "start_iteration": self.iteration, "software": software(),
+                   "hardware": hardware(self.device)}
         self.model.train()
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)
-        metrics = None
-        with _stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log):
+        metrics = validation = None
+        with (_stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log),
+              self.run.session(session, iteration=lambda: self.iteration)):
             while self.iteration < cfg.max_iters and not self._stop_requested:
                 start = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]  # the encoder's rate for this iteration
@@ -217,7 +227,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
                     run_log.train(self.iteration, {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)})
                 if self.iteration % cfg.eval_interval == 0 or self.iteration == cfg.max_iters:
-                    metrics = self.validate()
+                    scores = ImageScores(self.classes.num_classes)
+                    metrics = self.validate(scores)
+                    validation = Validation(self.iteration, metrics, scores)
                     self._record_validation(metrics, run_log)
                     bar.write(f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})")
                 if self.iteration % cfg.checkpoint_interval == 0 or self.iteration == cfg.max_iters:
@@ -226,10 +238,13 @@ class Trainer:
                     callback(self, self.iteration)
             if self._stop_requested and self._saved_iteration != self.iteration:
                 self._save()
+            if self._stop_requested:
+                session["outcome"] = "stopped"
         if self.skipped.count:
             log.warning("%s", self.skipped.summary())
         return TrainResult(self.run.path, self.run.last, self.run.best if self.run.best.exists() else None,
-                           self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped)
+                           self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped,
+                           validation)
 
     def _step(self, batch: dict) -> dict[str, float]:
         images = batch["image"].to(self.device, non_blocking=True)
