@@ -13,7 +13,7 @@ import torch
 
 from .. import __version__
 
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow")
+PACKAGES = ("torchvision", "timm", "numpy", "pillow")
 
 
 def _version(package: str) -> str:
@@ -25,8 +25,8 @@ def _version(package: str) -> str:
 
 def software() -> dict[str, str]:
     """Python and the versions of the packages a result depends on."""
-    return {"python": platform.python_version(), "pspnet": __version__, **{package: _version(package) for package in PACKAGES},
-            "torch built for CUDA": torch.version.cuda or "no"}
+    return {"python": platform.python_version(), "pspnet": __version__, "torch": torch.__version__,
+            **{package: _version(package) for package in PACKAGES}, "torch built for CUDA": torch.version.cuda or "no"}
 
 
 def _cpu_model() -> str:

@@ -67,15 +67,14 @@ class SamplePrediction:
 
 def select_samples(scores: Sequence[float], count: int) -> list[int]:
     """Indices of up to `count` images to show, chosen by per-image mIoU: the worst half (rounded up),
-    worst first, then the others spread evenly over the remaining images up to the best, in rising order.
-    Images without a score (NaN: no labelled pixel) rank after all others."""
-    order = ranking(scores)
+    worst first, then the others spread evenly over the remaining ranks up to the best, in rising order.
+    Images without a score (NaN: no labelled pixel) are shown only when no image has one."""
+    order = [index for index in ranking(scores) if not math.isnan(scores[index])] or ranking(scores)
     count = min(count, len(order))
     worst = (count + 1) // 2
-    rest = order[worst:]
-    spread = count - worst
-    positions = np.linspace(len(rest) - 1, 0, spread).round().astype(int) if spread else []
-    return order[:worst] + [rest[position] for position in sorted(positions)]
+    rest, spread = order[worst:], count - worst
+    positions = sorted(len(rest) - 1 - step * len(rest) // spread for step in range(spread))
+    return order[:worst] + [rest[position] for position in positions]
 
 
 def ranking(scores: Sequence[float]) -> list[int]:
