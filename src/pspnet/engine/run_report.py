@@ -23,8 +23,8 @@ from ..inference.protocol import Inferencer
 from ..io.files import atomic_path
 from ..io.weights import is_safetensors
 from ..metrics import SegmentationMetrics
-from ..visualize import displayable
 from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking, render_report, select_samples
+from ..visualize import displayable
 from .device import resolve_device
 from .evaluator import ImageScores, Validation, evaluate_split
 from .run_dir import RunDirectory, read_log
