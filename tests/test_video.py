@@ -78,7 +78,7 @@ def test_video_round_trips_frame_by_frame(av, checkpoint, tmp_path, capsys):
     args = ["--quiet", "predict", str(checkpoint), str(clip), "--out", str(out), "--overlay-alpha", "0.6",
             "--video-crf", "0", "--video-labels"]
     assert main(args) == 0
-    assert "videos: NAME.overlay.mp4" in capsys.readouterr().out
+    assert "(NAME.overlay.mp4, NAME.labels/, legend.png, classes.json)" in capsys.readouterr().out
     inputs, source = decode(av, clip)
     outputs, result = decode(av, out / "clip.overlay.mp4")
     assert source["streams"] == ["video", "audio"] and result["streams"] == ["video"]  # the audio is dropped

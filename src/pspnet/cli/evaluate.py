@@ -93,6 +93,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_outputs(report, args: argparse.Namespace) -> str:
+    """The kinds of files a predict run wrote (a `PredictionReport`), for its summary line."""
+    if args.output_format == "cityscapes":
+        return "X_labelIds.png files"
+    videos = sum(path.name.endswith(".overlay.mp4") for path in report.written)
+    kinds = []
+    if len(report.written) > videos:
+        kinds += ["labels/", "color/", "overlay/"]
+        kinds += {None: [], "confidence": ["confidence/"], "full": ["confidence/", "probabilities/"]}[args.probabilities]
+    if videos:
+        kinds += ["NAME.overlay.mp4"] + (["NAME.labels/"] if args.video_labels else [])
+    return ", ".join(kinds + ["legend.png", "classes.json"])
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ..engine.predict import OutputOptions, predict_files  # heavy (torch): only when the command runs
     from ..engine.video import VideoOptions
@@ -102,13 +116,8 @@ def run_predict(args: argparse.Namespace) -> int:
     report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
                            output_format=args.output_format, skip_existing=args.skip_existing, options=options)
     written = len(report.written)
-    what = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/, legend.png, classes.json"
-    if args.probabilities:
-        what += ", confidence/" + (", probabilities/" if args.probabilities == "full" else "")
-    if any(path.name.endswith(".overlay.mp4") for path in report.written):
-        what += "; videos: NAME.overlay.mp4"
     if written:
-        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({what}); "
+        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({describe_outputs(report, args)}); "
               f"protocol: {config.eval.describe()}")
     else:
         print("no predictions written")

@@ -16,7 +16,6 @@ moment leaves a directory that `--resume` continues (or, before the first save, 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import time
@@ -156,15 +155,6 @@ class RunDirectory:
         if not self.last.is_file():
             return None
         return read_metadata(self.last).get("iteration")
-
-
-def read_log(path: Path) -> list[dict[str, float]]:
-    """The rows of a CSV log as numbers ([] when there is no log); empty cells are left out of their row."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
-                for row in csv.DictReader(handle)]
 
 
 def _now() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..io.files import atomic_path
 from ..report.plots import save_png, training_curves
-from .run_dir import RunDirectory, read_log
+from .run_dir import RunDirectory
 
 
 class RunLog:
@@ -38,6 +38,15 @@ class RunLog:
 
     def close(self) -> None:
         self.tensorboard.close()
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a CSV log as numbers ([] when there is no log); empty cells are left out of their row."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
+                for row in csv.DictReader(handle)]
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

@@ -27,7 +27,8 @@ from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking
 from ..visualize import displayable
 from .device import resolve_device
 from .evaluator import ImageScores, Validation, evaluate_split
-from .run_dir import RunDirectory, read_log
+from .run_dir import RunDirectory
+from .run_log import read_log
 
 DEFAULT_SAMPLES = 8
 """Images in a report's sample grid: the worst half and a spread of the others."""

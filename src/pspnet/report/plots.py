@@ -146,10 +146,10 @@ def confusion_matrix(confusion: np.ndarray, names: Sequence[str]) -> Figure:
     totals = confusion.sum(axis=1, keepdims=True)
     percent = np.divide(100 * confusion, totals, out=np.full(confusion.shape, np.nan), where=totals > 0)
     side = min(30.0, max(5.0, 0.42 * count + 2.5))
-    figure, (axes,) = _figure(side + 1.2, side)
+    figure, (axes,) = _figure(side + 0.8, side)
     colours = colormaps["Blues"].with_extremes(bad=ABSENT_ROW_COLOUR)
     image = axes.imshow(np.ma.masked_invalid(percent), cmap=colours, vmin=0, vmax=100, interpolation="nearest")
-    font = max(5, min(9, 220 // count))
+    font = 9 if count <= 60 else max(4, round(540 / count))  # the cells shrink once the figure is at its cap
     axes.set_xticks(range(count), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
     axes.set_yticks(range(count), names, fontsize=font)
     axes.set_xlabel("prediction")
@@ -160,5 +160,5 @@ def confusion_matrix(confusion: np.ndarray, names: Sequence[str]) -> Figure:
             value = percent[row, column]
             axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=font - 1,
                       color="white" if value > 55 else "black")
-    figure.colorbar(image, ax=axes, shrink=0.6, label="%")
+    figure.colorbar(image, cax=axes.inset_axes([1.03, 0.2, 0.035, 0.6]), label="%")  # beside the square cells
     return figure
