@@ -332,6 +332,7 @@ def test_a_second_ctrl_c_during_a_save_aborts_after_it_without_a_traceback(tmp_p
         original(self, state)
 
     monkeypatch.setattr(trainer_module.RunDirectory, "save_resume_state", save_interrupted_twice)
+    monkeypatch.setattr(trainer_module, "SIGNAL_REPEAT_S", 0.0)  # a human's second Ctrl-C, not the launcher's copy
     assert main(["--quiet", "train", str(config_path), "--out", str(tmp_path / "run")]) == 130
     error = capsys.readouterr().err
     assert "error: interrupted" in error and "Traceback" not in error

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +233,32 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     a, b, c = (_weights(t.model) for t in (first, second, other))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bf16_autocast_and_channels_last_train_on_the_cpu(tmp_path):
+    cfg = Config.from_dict(tiny_config_dict(max_iters=2, eval_interval=2, checkpoint_interval=2))
+    trainer = Trainer(cfg.replace(["train.amp=bf16", "train.channels_last=true"]), tmp_path / "run", progress=False)
+    seen = []
+    forward = trainer.model.forward
+
+    def recording(x):
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu")))
+        return forward(x)
+
+    trainer.model.forward = recording
+    result = trainer.train()
+    assert seen[0] == (True, True, torch.bfloat16)
+    rows = list(csv.DictReader(open(tmp_path / "run/train_log.csv")))
+    assert all(math.isfinite(float(row["loss"])) for row in rows)
+    loaded = load_model(result.last_checkpoint)  # an fp32, contiguous model like any other
+    assert next(loaded.parameters()).dtype == torch.float32
+
+
+def test_amp_settings_are_checked_and_old_booleans_still_load(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Trainer(Config.from_dict(tiny_config_dict()).replace(["train.amp=fp16", "train.device=cpu"]), tmp_path / "r", progress=False)
+    assert Config.from_dict({"train": {"amp": True}}).train.amp == "bf16"
+    assert Config.from_dict({"train": {"amp": False}}).train.amp == "none"
+    with pytest.raises(ConfigError, match="'none' \\| 'bf16' \\| 'fp16' \\| bool"):
+        Config.from_dict({"train": {"amp": "fp8"}})

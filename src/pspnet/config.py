@@ -206,9 +206,15 @@ class TrainConfig:
     seed: int = 0
     """Seed of the weights' initialisation, the data order and the augmentation."""
     device: str = "auto"
-    """auto (CUDA when available), cpu, cuda or cuda:N."""
-    amp: bool = False
-    """Mixed precision (CUDA only)."""
+    """auto (CUDA when available), cpu, cuda or cuda:N; each process of a torchrun job uses its local rank's GPU."""
+    amp: Literal["none", "bf16", "fp16"] | bool = "none"
+    """Mixed precision: `none` (fp32), `bf16` (autocast on CPU and CUDA) or `fp16` (autocast with a gradient
+    scaler, CUDA only). The booleans of older configs mean none (false) and bf16 (true)."""
+    channels_last: bool = False
+    """Train with NHWC memory format (often faster on GPUs with tensor cores; measure on a CPU)."""
+    sync_bn: bool | None = None
+    """Synchronize BatchNorm statistics across processes (the paper's recipe); null: on when training on
+    several processes. PyTorch's SyncBatchNorm on CUDA, pspnet's own over gloo on the CPU."""
     init_from: str | None = None
     """Start from the weights of a whole model (a pspnet, semseg or mmseg checkpoint, e.g. one converted
     with `pspnet convert --num-classes K`): fine-tuning. The config must describe the same architecture."""
@@ -223,6 +229,8 @@ class TrainConfig:
         _check(DEVICE_PATTERN.fullmatch(self.device) is not None, "train.device", "auto, cpu, cuda or cuda:N", self.device)
         _check(self.aux_weight >= 0, "train.aux_weight", "a non-negative float", self.aux_weight)
         _check(self.cls_weight >= 0, "train.cls_weight", "a non-negative float", self.cls_weight)
+        if isinstance(self.amp, bool):
+            self.amp = "bf16" if self.amp else "none"
 
 
 @dataclass
@@ -530,7 +538,15 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
 
 
 def _type_name(hint: Any) -> str:
-    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    """A readable name of a type annotation: `int`, `list[int] | null`, `'none' | 'bf16' | 'fp16' | bool`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if hint is type(None):
+        return "null"
+    text = hint.__name__ if isinstance(hint, type) and not args else str(hint)
     return text.replace("typing.", "").replace("NoneType", "null")
 
 

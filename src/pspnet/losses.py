@@ -31,12 +31,24 @@ class PSPLoss(nn.Module):
         self.cls_weight = cls_weight
         self.ignore_index = ignore_index
 
-    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns `loss` (the total to backpropagate) and each term (`main`, `aux`, `cls`)."""
-        terms = {"main": F.cross_entropy(outputs["out"], target, ignore_index=self.ignore_index)}
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy over the labelled pixels; with `pixels`, the sum divided by that count instead."""
+        if pixels is None:
+            return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        return F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / pixels
+
+    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor,
+                pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Returns `loss` (the total to backpropagate) and each term (`main`, `aux`, `cls`).
+
+        `pixels` replaces the count of labelled pixels the cross-entropy sums are divided by: on each of
+        N processes, the global count / N, so that the gradients DDP averages equal one process's on
+        the whole batch however the ignored pixels fall.
+        """
+        terms = {"main": self.cross_entropy(outputs["out"], target, pixels)}
         total = terms["main"]
         if "aux" in outputs and self.aux_weight > 0:
-            terms["aux"] = F.cross_entropy(outputs["aux"], target, ignore_index=self.ignore_index)
+            terms["aux"] = self.cross_entropy(outputs["aux"], target, pixels)
             total = total + self.aux_weight * terms["aux"]
         if "cls" in outputs and self.cls_weight > 0:
             presence = class_presence(target, outputs["cls"].shape[1], self.ignore_index)

@@ -71,13 +71,12 @@ def inference_config(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
-def load_for_inference(args: argparse.Namespace):
-    """Model (on `--device`), the effective config and the checkpoint file: the checkpoint's config (or
-    `--config`'s data and eval sections), then the protocol flags and `--set` items. A run directory
-    stands for its best (else last) checkpoint."""
+def load_for_inference(args: argparse.Namespace, context):
+    """Model (on this process's device), the effective config and the checkpoint file: the checkpoint's
+    config (or `--config`'s data and eval sections), then the protocol flags and `--set` items. A run
+    directory stands for its best (else last) checkpoint."""
     from ..checkpoint import load_checkpoint  # heavy (torch, timm): only when a command runs
     from ..config import load_config
-    from ..engine.device import resolve_device
     from ..engine.run_dir import RunDirectory
 
     checkpoint = RunDirectory(args.checkpoint).checkpoint() if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
@@ -86,4 +85,4 @@ def load_for_inference(args: argparse.Namespace):
         other = load_config(args.config)
         config = Config(model=config.model, data=other.data, train=config.train, eval=other.eval)
     config = inference_config(config, args)
-    return model.to(resolve_device(args.device)), config, checkpoint
+    return model.to(context.device), config, checkpoint

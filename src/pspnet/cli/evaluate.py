@@ -61,15 +61,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..engine.evaluator import ImageScores, evaluate_split  # heavy (torch): only when the command runs
+    from ..engine import distributed  # heavy (torch): only when the command runs
+
+    context = distributed.setup(args.device)
+    try:
+        return _evaluate(args, context)
+    finally:
+        distributed.teardown()
+
+
+def _evaluate(args: argparse.Namespace, context) -> int:
+    """Evaluate on this process's share of the split (all of it without torchrun); rank 0 reports."""
+    from ..engine.distributed import agree
+    from ..engine.evaluator import ImageScores, evaluate_split, split_dataset
     from ..io.files import write_json
     from ..report.results import metrics_to_dict, save_csv
     from ..report.table import format_table
 
-    model, config, checkpoint = load_for_inference(args)
-    split = args.split or config.data.val_split
+    def prepare():
+        model, config, checkpoint = load_for_inference(args, context)
+        split = args.split or config.data.val_split
+        return model, config, checkpoint, split, split_dataset(model, config, split)
+
+    model, config, checkpoint, split, dataset = agree(context, prepare)
     scores = ImageScores(model.card.num_classes) if args.report else None
-    metrics, dataset = evaluate_split(model, config, split, progress=not args.quiet, observe=scores)
+    metrics = evaluate_split(model, dataset, config, progress=not args.quiet, distributed=context, observe=scores)
+    if scores is not None:
+        scores.gather(context)
+    if not context.is_main:
+        return 0
     protocol = config.eval.describe()
     names = model.card.classes.names
     print(format_table(metrics, names, title=f"{checkpoint} on {config.data.format}/{split}", protocol=protocol))
@@ -108,13 +128,21 @@ def describe_outputs(report, args: argparse.Namespace) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..engine.predict import OutputOptions, predict_files  # heavy (torch): only when the command runs
+    from ..engine import distributed  # heavy (torch): only when the command runs
+    from ..engine.predict import OutputOptions, predict_files
     from ..engine.video import VideoOptions
 
-    model, config, _ = load_for_inference(args)
-    options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
-    report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
-                           output_format=args.output_format, skip_existing=args.skip_existing, options=options)
+    context = distributed.setup(args.device)
+    try:
+        model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
+        options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
+        report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
+                               output_format=args.output_format, skip_existing=args.skip_existing, options=options,
+                               distributed=context)
+    finally:
+        distributed.teardown()
+    if not context.is_main:
+        return 1 if report.failed else 0
     written = len(report.written)
     if written:
         print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({describe_outputs(report, args)}); "

@@ -30,13 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.argv = ["pspnet", *(sys.argv[1:] if argv is None else argv)]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.argv = argv
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the job
+    logging.basicConfig(level=logging.INFO if main_process else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
     except PSPNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_process:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: files already written are complete (atomic writes)
         print("error: interrupted", file=sys.stderr)

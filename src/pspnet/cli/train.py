@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR (or --out) from its last checkpoint")
+    parser.add_argument("--nproc-per-node", type=int, metavar="N",
+                        help="train on N processes of this machine (one per GPU, or CPU processes over gloo): runs "
+                             "torchrun's launcher; for several machines use torchrun itself (see the README)")
     parser.set_defaults(run=run)
 
 
@@ -38,19 +41,58 @@ def resolve_run(args: argparse.Namespace) -> tuple[Path, str | Path]:
     return Path(resume_dir or args.out or Path("runs") / Path(args.config).stem), args.config
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` (or `option=VALUE`)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            kept.append(item)
+    return kept
+
+
+def launch(args: argparse.Namespace) -> int:
+    """`pspnet train --nproc-per-node N ...`: the same command on N processes through torchrun's launcher."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # heavy: only when launching
+    from torch.distributed.run import main as torchrun
+
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node: expected a positive number of processes, got {args.nproc_per_node}")
+    command = without_option(args.argv, "--nproc-per-node")
+    try:
+        torchrun(["--standalone", "--nproc-per-node", str(args.nproc_per_node), "-m", "pspnet", *command])
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        return codes.pop() if len(codes) == 1 else 1  # e.g. 2 for bad input, 130/143 when stopped
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..engine import distributed  # heavy (torch, timm): only when training runs
     from ..engine.environment import command_line
     from ..engine.run_report import report_run
-    from ..engine.trainer import Trainer  # heavy (torch, timm): only when training runs
+    from ..engine.trainer import Trainer
     from ..report.table import format_table
 
+    if args.nproc_per_node and not distributed.launched_by_torchrun():
+        return launch(args)
     run_dir, config_path = resolve_run(args)
     if args.config is None and not Path(config_path).is_file():
         raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
     config = load_config(config_path, args.overrides)
-    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, command=command_line(args.argv))
-    result = trainer.train()
+    context = distributed.setup(config.train.device)
+    try:
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, distributed=context,
+                          command=command_line(["pspnet", *args.argv]))
+        result = trainer.train()
+    finally:
+        distributed.teardown()
+    if not context.is_main:
+        return 128 + result.stop_signal if result.stop_signal else 0
     if result.metrics is not None:
         print(format_table(result.metrics, trainer.classes.names, title=f"validation at iteration {result.iteration}"))
     print(f"run directory:   {result.run_dir}")

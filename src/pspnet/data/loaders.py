@@ -7,7 +7,7 @@ import signal
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from ..config import DataConfig
 from ..errors import DataError
@@ -30,12 +30,14 @@ class TrainStream(Sampler):
     Sample position p of the stream belongs to epoch p // N, which visits the dataset in a
     permutation seeded by (seed, epoch); its augmentation is seeded by (seed, p). Starting at
     iteration k therefore yields exactly the batches an uninterrupted run would see from k on.
+    With several processes, each yields its own slice (by `rank`) of every global batch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_iter: int = 0):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1):
         if num_samples < 1:
             raise DataError("the training split is empty")
         self.num_samples, self.batch_size, self.seed, self.start_iter = num_samples, batch_size, seed, start_iter
+        self.rank, self.local_batch = rank, batch_size // world_size
 
     def _permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -52,7 +54,7 @@ class TrainStream(Sampler):
                     order = self._permutation(epoch)
                 batch.append((order[position % self.num_samples], (self.seed * 0x9E3779B1 + position) % 2**62))
                 position += 1
-            yield batch
+            yield batch[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
         return 2**62
@@ -122,13 +124,17 @@ def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> di
 
 
 def build_train_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, seed: int, start_iter: int,
-                       device: torch.device) -> DataLoader:
-    stream = TrainStream(len(dataset), batch_size, seed, start_iter)
+                       device: torch.device, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """This process's share of the global training batches of `batch_size`."""
+    stream = TrainStream(len(dataset), batch_size, seed, start_iter, rank, world_size)
     return DataLoader(dataset, batch_sampler=stream, **_loader_options(data, device, seed))
 
 
-def build_eval_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, device: torch.device) -> DataLoader:
-    """Batches of equal-sized images (batch_size > 1 only makes sense when all images share a size)."""
+def build_eval_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, device: torch.device,
+                      rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of equal-sized images (batch_size > 1 only makes sense when all images share a size); with
+    several processes, this one's share: every `world_size`-th image from `rank` on, each image once."""
     options = _loader_options(data, device)
     options["persistent_workers"] = False
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)
+    share = dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))
+    return DataLoader(share, batch_size=batch_size, shuffle=False, **options)

@@ -21,6 +21,7 @@ from ..io.files import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, atomic_path, list_fi
                         write_json)
 from ..io.images import read_image
 from ..visualize import colorize, displayable, legend, overlay, save_label_png
+from .distributed import Distributed, check_all, gather, shard
 from .progress import progress_bar
 from .video import VideoOptions, VideoReader, import_av, overlay_video
 
@@ -150,7 +151,8 @@ def _check_cityscapes_model(model: torch.nn.Module) -> None:
 
 def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path,
                   settings: EvalConfig | None = None, progress: bool = True, output_format: str = "pspnet",
-                  skip_existing: bool = False, options: OutputOptions = OutputOptions()) -> PredictionReport:
+                  skip_existing: bool = False, options: OutputOptions = OutputOptions(),
+                  distributed: Distributed | None = None) -> PredictionReport:
     """Segment every input image and video and write the results in `output_format`:
 
     * `pspnet`: for an image `labels/` (palette PNG, value = class id), `color/`, `overlay/` and what
@@ -163,7 +165,10 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
     Output names follow `collect_inputs`. Inputs that cannot be read (or are larger than the
     settings' pixel cap) are recorded in the report; the others are still processed. With
     `skip_existing`, inputs whose outputs are all there are skipped (an interrupted image is redone).
+    With several processes, each segments its share of the inputs (each input once) and every
+    process returns the report of the whole job.
     """
+    distributed = distributed or Distributed()
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
@@ -177,7 +182,9 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
         import_av()
     settings = settings or EvalConfig()
     out_dir = Path(out_dir)
-    remove_stale_temp_files(out_dir)
+    if distributed.is_main:  # before any process writes (check_all is the barrier)
+        remove_stale_temp_files(out_dir)
+    check_all(distributed, None)
     report = PredictionReport()
     key_written = output_format == "cityscapes"  # a benchmark submission holds the label files only
 
@@ -187,8 +194,10 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
             write_key(out_dir, model.card.classes)
             key_written = True
 
-    with progress_bar(len(files), "predict", progress) as bar:
-        for path, stem in files:
+    progress = progress and distributed.is_main
+    share = shard(files, distributed)
+    with progress_bar(len(share), "predict", progress) as bar:
+        for path, stem in share:
             outputs = [video_output(out_dir, stem)] if is_video(path) else output_files(out_dir, stem, output_format,
                                                                                          options.probabilities)
             if skip_existing and all(output.is_file() for output in outputs):
@@ -216,4 +225,5 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
             else:
                 report.written.append(outputs[0])
             bar.update()
-    return report
+    parts = gather(distributed, report)
+    return PredictionReport(*(sum((getattr(part, name) for part in parts), []) for name in ("written", "skipped", "failed")))

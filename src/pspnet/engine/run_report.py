@@ -16,7 +16,6 @@ from ..checkpoint import load_checkpoint, read_metadata
 from ..checkpoint.native import is_native
 from ..config import Config, dump_yaml
 from ..data.base import SegmentationDataset
-from ..data.loaders import build_dataset
 from ..errors import CheckpointError
 from ..inference.predict import model_device, tensor_to_image
 from ..inference.protocol import Inferencer
@@ -26,7 +25,7 @@ from ..metrics import SegmentationMetrics
 from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking, render_report, select_samples
 from ..visualize import displayable
 from .device import resolve_device
-from .evaluator import ImageScores, Validation, evaluate_split
+from .evaluator import ImageScores, Validation, evaluate_split, split_dataset
 from .run_dir import RunDirectory
 from .run_log import read_log
 
@@ -86,10 +85,10 @@ def report_run(run_dir: str | Path, out: str | Path | None = None, split: str | 
     model, config, meta = load_checkpoint(checkpoint)
     model.to(resolve_device(device))
     split = split or config.data.val_split
+    dataset = split_dataset(model, config, split)
     if validation is not None and validation.iteration == meta.get("iteration") and split == config.data.val_split:
         metrics, scores = validation.metrics, validation.scores
-        dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
     else:
         scores = ImageScores(model.card.num_classes)
-        metrics, dataset = evaluate_split(model, config, split, progress, observe=scores)
+        metrics = evaluate_split(model, dataset, config, progress, observe=scores)
     return write_report(out or run.report, model, config, checkpoint, split, metrics, scores, dataset, samples)

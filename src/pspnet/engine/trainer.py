@@ -1,6 +1,11 @@
-"""The training loop: SGD with the poly policy, periodic validation, atomic checkpoints, exact resume.
+"""The training loop: SGD with the poly policy, periodic validation, atomic checkpoints, exact resume,
+on one process or many (torchrun + DistributedDataParallel, with synchronized BatchNorm).
 
-What the run directory holds and when a run may resume: `pspnet.engine.run_dir`.
+What the run directory holds and when a run may resume: `pspnet.engine.run_dir`. How processes
+share the work: `pspnet.engine.distributed`. The global batch (`train.batch_size`) is split among
+the processes, and every sample's place in the stream and its augmentation depend on (seed,
+iteration, position in the global batch) only, so the number of processes changes the speed, not
+the result (with synchronized BatchNorm and no dropout, up to float rounding).
 """
 
 from __future__ import annotations
@@ -13,26 +18,35 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_model, load_strict, save_checkpoint
+from ..classes import IGNORE_INDEX
 from ..config import Config
 from ..data.check import report_colour_matching
 from ..data.loaders import SkipLog, build_dataset, build_eval_loader, build_train_loader, iterate
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
 from ..models import create_model
 from .device import resolve_device
+from .distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
 from .environment import command_line, hardware, software
 from .evaluator import ImageScores, Validation, evaluate
 from .progress import progress_bar
 from .run_dir import RunDirectory
 from .run_log import RunLog
+from .sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger(__name__)
+
+SIGNAL_REPEAT_S = 2.0
+"""A second stop signal within this many seconds of the first is the same request (under torchrun a
+Ctrl-C reaches each worker twice: from the terminal and from the launcher)."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def poly_lr_factor(iteration: int, max_iters: int, power: float) -> float:
@@ -76,50 +90,80 @@ class Trainer:
     """Trains a PSPNet as configured, writing everything into `run_dir` (a `RunDirectory`).
 
     With `resume`, the run continues from its resume state; when it has none (it was killed before
-    its first checkpoint) it starts over, with a warning. `command` is recorded in run.json (default:
-    this process's command line).
+    its first checkpoint) it starts over, with a warning. With a `distributed` context of several
+    processes, every process builds and checks the same run (a failure on one stops all), trains on
+    its share of each global batch, and rank 0 alone writes files. `command` is recorded in run.json
+    (default: this process's command line).
     """
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                 command: str | None = None):
+                 distributed: Distributed | None = None, command: str | None = None):
+        self.dist = distributed or Distributed(device=resolve_device(config.train.device))
         self.run = RunDirectory(run_dir)
-        if resume:
-            config = self.run.check_resume(config)
-            if not self.run.can_resume():
-                log.warning("--resume: %s has no resume state (the run was stopped before its first checkpoint); "
-                            "starting it over from iteration 0", self.run.path)
-        else:
-            self.run.check_new()
-        resume = resume and self.run.can_resume()
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.command = command or command_line()
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self._stop_requested = False
         self._stop_signal: int | None = None
+        self._stop_time = 0.0
         self._saving = False
         self._abort_after_save = False
+        # rank 0 decides what the run directory allows; every rank then checks config, data and model
+        config, state = broadcast(self.dist, agree(self.dist, lambda: self._check_run_dir(config, resume)))
+        agree(self.dist, lambda: self._build(config, init_weights=state is None))
+        self.skipped = SkipLog()
+        self.iteration = 0
+        self.best_miou: float | None = None
+        if state is not None:
+            self._load_resume_state(state)
+        self.network = self._distribute()
+        if self.dist.is_main:
+            report_colour_matching(self.train_set.source)
 
+    def _check_run_dir(self, config: Config, resume: bool) -> tuple[Config, dict[str, Any] | None] | None:
+        """On rank 0: the config to run (resolved from the run's when resuming) and the resume state, if any."""
+        if not self.dist.is_main:
+            return None
+        if not resume:
+            self.run.check_new()
+            return config, None
+        config = self.run.check_resume(config)
+        if not self.run.can_resume():
+            log.warning("--resume: %s has no resume state (the run was stopped before its first checkpoint); "
+                        "starting it over from iteration 0", self.run.path)
+            return config, None
+        return config, self.run.load_resume_state()
+
+    def _build(self, config: Config, init_weights: bool) -> None:
         train = config.train
-        self.device = resolve_device(train.device)
-        if train.amp and self.device.type != "cuda":
-            raise ConfigError("train.amp: mixed precision needs a CUDA device")
+        self.device = self.dist.device if self.dist.active else resolve_device(train.device)
+        if train.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp: fp16 needs a CUDA device (its gradient scaler); use bf16 on the CPU")
+        self.sync_bn = train.sync_bn if train.sync_bn is not None else self.dist.active
+        self.local_batch = split_batch(train.batch_size, self.dist, self.sync_bn)
         torch.manual_seed(train.seed)
         self.train_set = build_dataset(config.data, config.data.train_split, train=True)
         self.val_set = build_dataset(config.data, config.data.val_split, train=False)
         self.classes = self.train_set.classes
         self.model = create_model(config, self.classes)
         self.config = config.replace([f"model.num_classes={self.model.config.num_classes}"])
-        if train.init_from and not resume:
+        if train.init_from and init_weights and self.dist.is_main:  # the other ranks get rank 0's weights from DDP
             load_strict(self.model, load_model(train.init_from).state_dict(), f"train.init_from {train.init_from}")
         self.model.to(self.device)
+        if train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = build_optimizer(self.model, config)
+        self.scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
         self.criterion = PSPLoss(aux_weight=train.aux_weight, cls_weight=train.cls_weight)
-        self.skipped = SkipLog()
-        self.iteration = 0
-        self.best_miou: float | None = None
-        if resume:
-            self._load_resume_state()
-        report_colour_matching(self.train_set.source)
+
+    def _distribute(self) -> torch.nn.Module:
+        """The module training steps call: the model itself, or DDP around it (BatchNorm synchronized)."""
+        if not self.dist.active:
+            return self.model
+        if self.sync_bn:
+            convert_sync_batchnorm(self.model, self.device)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=not self.sync_bn)
 
     @property
     def run_dir(self) -> Path:
@@ -129,6 +173,8 @@ class Trainer:
     def _save(self) -> None:
         """The resume state, then `last.safetensors`, each atomically: a kill between them leaves a
         resumable directory. A second Ctrl-C during the save takes effect once both are written."""
+        if not self.dist.is_main:
+            return
         self._saving = True
         try:
             self.run.save_resume_state({
@@ -137,25 +183,21 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             })
             save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
-            self._saved_iteration = self.iteration
         finally:
             self._saving = False
         if self._abort_after_save:
             raise KeyboardInterrupt
 
-    def _load_resume_state(self) -> None:
-        state = self.run.load_resume_state()
+    def _load_resume_state(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best_miou = int(state["iteration"]), state["best_miou"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.run.resume_state}: resume state does not match this model/config: {exc}") from None
@@ -170,18 +212,24 @@ class Trainer:
         log.info("resuming %s at iteration %d of %d", self.run.path, self.iteration, train.max_iters)
 
     def validate(self, scores: ImageScores | None = None) -> SegmentationMetrics:
-        """Metrics of the current model on the validation split (per-image mIoU into `scores`)."""
+        """Metrics of the current model on the validation split (each process evaluates its share), and the
+        per-image mIoU of the whole split into `scores`."""
         cfg = self.config
-        loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device)
-        return evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
-                        desc="validate", skipped=self.skipped, observe=scores)
+        loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device, self.dist.rank, self.dist.world_size)
+        metrics = evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
+                           desc="validate", skipped=self.skipped, distributed=self.dist, observe=scores)
+        if scores is not None:
+            scores.gather(self.dist)
+        return metrics
 
-    def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog) -> None:
-        """Log validation metrics and keep the best checkpoint."""
-        run_log.validation(self.iteration, {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc})
+    def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog | None) -> None:
+        """Log validation metrics and keep the best checkpoint (rank 0)."""
+        if run_log is not None:
+            run_log.validation(self.iteration, {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc})
         if self.best_miou is None or metrics.miou > self.best_miou:
             self.best_miou = metrics.miou
-            save_checkpoint(self.run.best, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
+            if self.dist.is_main:
+                save_checkpoint(self.run.best, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
 
     # ---------------------------------------------------------------- loop
     def request_stop(self) -> None:
@@ -191,72 +239,129 @@ class Trainer:
     def _handle_signal(self, signum, frame) -> None:
         """First Ctrl-C/SIGTERM: stop after this iteration and save. Second: abort (after a save in progress)."""
         if self._stop_signal is not None:
+            if time.monotonic() - self._stop_time < SIGNAL_REPEAT_S:
+                return
             if self._saving:
                 self._abort_after_save = True
                 return
             raise KeyboardInterrupt
-        log.warning("stop requested: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)")
-        self._stop_signal = signum
+        if self.dist.is_main:
+            log.warning("stop requested: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)")
+        self._stop_signal, self._stop_time = signum, time.monotonic()
         self._stop_requested = True
+
+    def _next_batch(self, batches: Iterator[dict]) -> dict | None:
+        """The next batch, after every process agreed that it has one and whether to stop; None to stop."""
+        failure, batch = None, None
+        try:
+            batch = next(batches)
+        except DataError as exc:
+            failure = exc
+        if check_all(self.dist, failure, stop=self._stop_requested):
+            self._stop_requested = True
+            return None
+        return batch
 
     def train(self) -> TrainResult:
         cfg = self.config.train
         self._saved_iteration = self.iteration
-        loader = build_train_loader(self.train_set, self.config.data, cfg.batch_size, cfg.seed, self.iteration, self.device)
+        loader = build_train_loader(self.train_set, self.config.data, cfg.batch_size, cfg.seed, self.iteration,
+                                    self.device, self.dist.rank, self.dist.world_size)
         batches = iterate(loader, self.skipped)
         if self.iteration < cfg.max_iters:  # the data can be read: only now is the run directory created
-            batches = itertools.chain([next(batches)], batches)
-        self.run.create(self.config)
-        if self.iteration and self.run.last_iteration() != self.iteration:  # killed between the resume state and the weights
-            save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
-        run_log = RunLog(self.run, self.iteration)
-        session = {"command": self.command, "start_iteration": self.iteration, "software": software(),
-                   "hardware": hardware(self.device)}
-        self.model.train()
+            first = self._next_batch(batches)
+            batches = itertools.chain([first] if first is not None else [], batches)
+        run_log = self._open_run()
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)
         metrics = validation = None
-        with (_stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log),
-              self.run.session(session, iteration=lambda: self.iteration)):
-            while self.iteration < cfg.max_iters and not self._stop_requested:
+        self.model.train()
+        with (_stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log or _NoLog()),
+              self._session() as session):
+            while self.iteration < cfg.max_iters:
+                batch = self._next_batch(batches)
+                if batch is None:
+                    break
                 start = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]  # the encoder's rate for this iteration
-                losses = self._step(next(batches))
+                losses = self._step(batch)
                 self.iteration += 1
                 bar.update(1)
                 if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.max_iters:
+                    losses = {key: value / self.dist.world_size for key, value in
+                              zip(losses, all_reduce_sum(self.dist, torch.tensor(list(losses.values()), dtype=torch.float64)).tolist())}
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
-                    run_log.train(self.iteration, {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)})
+                    if run_log is not None:
+                        run_log.train(self.iteration, {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)})
                 if self.iteration % cfg.eval_interval == 0 or self.iteration == cfg.max_iters:
                     scores = ImageScores(self.classes.num_classes)
                     metrics = self.validate(scores)
                     validation = Validation(self.iteration, metrics, scores)
                     self._record_validation(metrics, run_log)
-                    bar.write(f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})")
+                    if self.dist.is_main:
+                        bar.write(f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})")
                 if self.iteration % cfg.checkpoint_interval == 0 or self.iteration == cfg.max_iters:
                     self._save()
+                    self._saved_iteration = self.iteration
                 for callback in self.callbacks:
                     callback(self, self.iteration)
             if self._stop_requested and self._saved_iteration != self.iteration:
                 self._save()
             if self._stop_requested:
                 session["outcome"] = "stopped"
-        if self.skipped.count:
+        if self.skipped.count and self.dist.is_main:
             log.warning("%s", self.skipped.summary())
         return TrainResult(self.run.path, self.run.last, self.run.best if self.run.best.exists() else None,
                            self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped,
                            validation)
 
+    def _session(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Rank 0: this `train` session recorded in run.json (command, software, hardware, wall time, outcome)."""
+        if not self.dist.is_main:
+            return contextlib.nullcontext({})
+        record = {"command": self.command, "start_iteration": self.iteration, "software": software(),
+                  "hardware": hardware(self.device), "processes": self.dist.world_size}
+        return self.run.session(record, iteration=lambda: self.iteration)
+
+    def _open_run(self) -> RunLog | None:
+        """Rank 0: create the run directory (bringing `last.safetensors` up to the resume state if a kill
+        came between them) and open its logs."""
+        if not self.dist.is_main:
+            return None
+        self.run.create(self.config)
+        if self.iteration and self.run.last_iteration() != self.iteration:
+            save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
+        return RunLog(self.run, self.iteration)
+
     def _step(self, batch: dict) -> dict[str, float]:
-        images = batch["image"].to(self.device, non_blocking=True)
+        train = self.config.train
+        memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
         masks = batch["mask"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp):
-            outputs = self.model(images)
-        losses = self.criterion({k: v.float() for k, v in outputs.items()}, masks)
+        pixels = None
+        if self.dist.active:  # divide by the global count of labelled pixels, shared out among the processes
+            pixels = all_reduce_sum(self.dist, (masks != IGNORE_INDEX).sum().double()) / self.dist.world_size
+        # dropout draws from a seed of (run seed, iteration, rank): resumable at any iteration, any world size
+        torch.manual_seed((train.seed * 1_000_003 + self.iteration) * 4096 + self.dist.rank)
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(train.amp, torch.bfloat16), enabled=train.amp != "none"):
+            outputs = self.network(images)
+        losses = self.criterion({k: v.float() for k, v in outputs.items()}, masks, pixels)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses["loss"].backward()
+            self.optimizer.step()
         self.scheduler.step()
         return {k: float(v.detach()) for k, v in losses.items()}
+
+
+class _NoLog:
+    """What the other ranks close instead of a RunLog."""
+
+    def close(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
