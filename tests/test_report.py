@@ -286,6 +286,17 @@ def test_samples_are_the_worst_first_then_a_spread_up_to_the_best():
     assert select_samples([], 8) == []
 
 
+def test_per_image_scores_of_several_processes_come_back_in_dataset_order(monkeypatch):
+    from pspnet.engine import evaluator
+    from pspnet.engine.distributed import Distributed
+
+    # 5 images on 2 processes: process 0 scored images 0, 2, 4 and process 1 images 1, 3 (strided shares)
+    shares = [(["a", "c", "e"], [0.0, 0.2, 0.4]), (["b", "d"], [0.1, 0.3])]
+    monkeypatch.setattr(evaluator, "gather", lambda context, value: shares)
+    scores = evaluator.ImageScores(3, *shares[0]).gather(Distributed(rank=0, world_size=2))
+    assert scores.names == ["a", "b", "c", "d", "e"] and scores.miou == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
 # ---------------------------------------------------------------- written while training
 def test_curves_png_is_redrawn_at_each_validation(tmp_path):
     run = RunDirectory(tmp_path)
