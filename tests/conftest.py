@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import NoReturn
+
 import pytest
 import torch
 
@@ -21,6 +24,14 @@ TINY_RESNET = {
 def tiny_model_options() -> dict:
     """PSPNet keyword options for a ResNet-18-shaped model with 8-64 channels."""
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_RESNET.items()}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose tool (a browser, PyAV) is missing on this machine; on CI (`CI=true`), where every
+    tool is installed, fail it instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; on CI (CI=true) it must be installed")
+    pytest.skip(reason)
 
 
 def tiny_config_dict(**train) -> dict:

@@ -265,7 +265,7 @@ def test_protocol_flag_replaces_the_stored_settings_and_flags_change_it(checkpoi
 def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_predict_files(model, inputs, out, settings, progress, output_format, skip_existing, distributed):
+    def fake_predict_files(model, inputs, out, settings, progress, output_format, skip_existing, options, distributed):
         seen.update(settings=settings, output_format=output_format)
         return PredictionReport()
 

@@ -4,9 +4,7 @@ from PIL import Image
 
 from pspnet.classes import ClassInfo
 from pspnet.visualize import (
-    HEATMAP_HIGH,
     colorize,
-    confusion_heatmap,
     label_to_palette_image,
     legend,
     overlay,
@@ -90,39 +88,6 @@ def test_legend_has_every_swatch():
     one_column = legend(CLASSES)
     wide = legend(CLASSES, width=1000)
     assert wide.width == 1000 and wide.height < one_column.height
-
-
-def test_confusion_heatmap(tmp_path):
-    names = ["road", "car", "sky", "bicycle"]
-    confusion = np.array(
-        [
-            [10, 0, 0, 0],  # 100 % on the diagonal
-            [0, 10, 0, 0],
-            [0, 0, 5, 5],  # 50 % / 50 %
-            [0, 0, 0, 0],  # class absent from the ground truth
-        ]
-    )
-    path = tmp_path / "confusion.png"
-    returned = confusion_heatmap(confusion, names, path, cell_size=20)
-    with Image.open(path) as written:
-        assert written.size == returned.size
-        pixels = np.asarray(written.convert("RGB"))
-    full = np.all(pixels == HEATMAP_HIGH.astype(np.uint8), axis=2)
-    assert full.sum() == 2 * 20 * 20  # exactly the two 100 % cells
-    rows, cols = np.nonzero(full)
-    top, left = rows.min(), cols.min()
-    assert (rows.max() - top + 1, cols.max() - left + 1) == (40, 40)  # cells (0, 0) and (1, 1)
-    half = np.rint((255 + HEATMAP_HIGH) / 2).astype(np.uint8)
-    np.testing.assert_array_equal(pixels[top + 50, left + 50], half)  # cell (2, 2)
-    np.testing.assert_array_equal(pixels[top + 50, left + 70], half)  # cell (2, 3)
-    np.testing.assert_array_equal(pixels[top + 50, left + 10], [255, 255, 255])  # cell (2, 0)
-    assert pixels.shape[0] >= top + 4 * 20 and pixels.shape[1] >= left + 4 * 20
-    assert top > 20 and left > 20  # room for the class names
-
-
-def test_confusion_heatmap_rejects_wrong_shape(tmp_path):
-    with pytest.raises(ValueError, match="class names"):
-        confusion_heatmap(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png")
 
 
 def test_preview_grid_size():

@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         ("checkpoints", out / "checkpoints"),
         ("training log", out / "train_log.csv"),
         ("validation log", out / "val_log.csv"),
+        ("curves", out / "curves.png"),
+        ("report", out / "report.html"),
         ("tensorboard", f"{os.path.relpath(Path(sys.executable).with_name('tensorboard'))} --logdir {out / 'tensorboard'}"),
         ("evaluation", out / "eval-val.json"),
         ("input images", inputs),
-        ("predictions", out / "predictions"),
+        ("predictions", f"{out / 'predictions'} (legend.png explains the colours)"),
     ]:
         print(f"  {label:15s} {path}")
     return 0

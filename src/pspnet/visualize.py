@@ -1,5 +1,5 @@
-"""Colour renderings of label maps: colourised masks, overlays, palette PNGs, legends,
-confusion-matrix heatmaps and preview grids (PIL only)."""
+"""Colour renderings of label maps: colourised masks, overlays, error maps, palette PNGs, legends and
+preview grids (PIL only)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .classes import IGNORE_INDEX, ClassInfo
-from .io.files import atomic_path, save_image
+from .io.files import atomic_path
 
-HEATMAP_LOW = np.array([255, 255, 255], dtype=np.float64)  # colour of a 0 % cell
-HEATMAP_HIGH = np.array([8, 48, 107], dtype=np.float64)  # colour of a 100 % cell
-HEATMAP_EMPTY_ROW = (200, 200, 200)  # rows of classes absent from the ground truth
+ERROR_COLOUR = (255, 32, 32)
+"""Error maps: pixels whose prediction differs from the ground truth."""
+IGNORED_COLOUR = (160, 160, 160)
+"""Error maps: pixels whose ground truth is the ignore label."""
+CORRECT_BRIGHTNESS = 0.35
+"""Error maps: correct pixels show the photo at this brightness, so that the errors stand out in context."""
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 PAD = 4
@@ -40,6 +43,11 @@ def colorize(label: np.ndarray, classes: ClassInfo) -> np.ndarray:
     return classes.palette_array()[ids]
 
 
+def displayable(image: np.ndarray) -> np.ndarray:
+    """An HxWx3 RGB view of a model input for overlays: grey repeated, extra channels (alpha, infrared) dropped."""
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+
+
 def overlay(image: np.ndarray, label: np.ndarray, classes: ClassInfo, alpha: float = 0.5) -> np.ndarray:
     """Blend class colours over an HxWx3 uint8 photo with weight `alpha`; ignore/unknown pixels keep the photo."""
     label = _check_label(label)
@@ -53,6 +61,19 @@ def overlay(image: np.ndarray, label: np.ndarray, classes: ClassInfo, alpha: flo
     result = image.copy()
     known = _known(label, classes)
     result[known] = np.rint(blended[known]).astype(np.uint8)
+    return result
+
+
+def error_map(image: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 picture of a prediction's errors: the photo darkened where `prediction` equals `target`,
+    bright red where it differs, flat grey where `target` is the ignore label."""
+    target, prediction = _check_label(target), _check_label(prediction)
+    if prediction.shape != target.shape or np.asarray(image).shape != target.shape + (3,):
+        raise ValueError(f"image {np.asarray(image).shape}, target {target.shape} and prediction {prediction.shape} "
+                         "must have the same height and width (an HxWx3 image)")
+    result = np.rint(np.asarray(image, dtype=np.float64) * CORRECT_BRIGHTNESS).astype(np.uint8)
+    result[prediction != target] = ERROR_COLOUR
+    result[target == IGNORE_INDEX] = IGNORED_COLOUR
     return result
 
 
@@ -74,8 +95,8 @@ def save_label_png(path: str | Path, label: np.ndarray, classes: ClassInfo) -> N
         image.save(tmp, format="PNG")
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
+def _font(size: float) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size)
 
 
 def _text_size(font, text: str) -> tuple[int, int]:
@@ -83,12 +104,14 @@ def _text_size(font, text: str) -> tuple[int, int]:
     return int(math.ceil(right)), int(math.ceil(bottom))
 
 
-def legend(classes: ClassInfo, width: int | None = None, swatch_size: int = 16) -> Image.Image:
-    """Colour swatches with class names; laid out in as many columns as fit in `width` pixels
-    (one column when `width` is None). The image is `width` wide unless one entry needs more."""
-    font = _font()
-    text_sizes = [_text_size(font, name) for name in classes.names]
-    entry_width = swatch_size + PAD + max(w for w, _ in text_sizes) + 2 * PAD
+def legend(classes: ClassInfo, width: int | None = None, swatch_size: int = 18, ids: bool = False) -> Image.Image:
+    """Colour swatches with class names (in a font scaled with the swatches), preceded by the class ids
+    with `ids`; laid out in as many columns as fit in `width` pixels (one column when `width` is None).
+    The image is `width` wide unless one entry needs more."""
+    font = _font(0.8 * swatch_size)
+    texts = [f"{index}  {name}" if ids else name for index, name in enumerate(classes.names)]
+    text_sizes = [_text_size(font, text) for text in texts]
+    entry_width = swatch_size + PAD + max(w for w, _ in text_sizes) + 3 * PAD
     entry_height = max(swatch_size, max(h for _, h in text_sizes)) + PAD
     columns = max(1, (width - PAD) // entry_width) if width else 1
     columns = min(columns, classes.num_classes)
@@ -96,62 +119,11 @@ def legend(classes: ClassInfo, width: int | None = None, swatch_size: int = 16) 
     image_width = max(width or 0, PAD + columns * entry_width)
     image = Image.new("RGB", (image_width, PAD + rows * entry_height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for index, (name, colour) in enumerate(zip(classes.names, classes.palette)):
+    for index, (text, colour) in enumerate(zip(texts, classes.palette)):
         x = PAD + (index % columns) * entry_width
         y = PAD + (index // columns) * entry_height
         draw.rectangle([x, y, x + swatch_size - 1, y + swatch_size - 1], fill=tuple(colour), outline=(128, 128, 128))
-        text_y = y + (swatch_size - text_sizes[index][1]) // 2
-        draw.text((x + swatch_size + PAD, text_y), name, fill=TEXT, font=font)
-    return image
-
-
-def _heatmap_colours(fractions: np.ndarray) -> np.ndarray:
-    """(K, K, 3) uint8 colours interpolating from white (0) to dark blue (1)."""
-    colours = HEATMAP_LOW + fractions[..., None] * (HEATMAP_HIGH - HEATMAP_LOW)
-    return np.rint(colours).astype(np.uint8)
-
-
-def confusion_heatmap(
-    confusion: np.ndarray, class_names: Sequence[str], path: str | Path, cell_size: int | None = None
-) -> Image.Image:
-    """Write (atomically) and return a heatmap of the row-normalised confusion matrix ``[gt, pred]``.
-
-    Rows are ground-truth classes (names on the left), columns predictions (names on top); each cell
-    is the fraction of a class's pixels predicted as the column class, white 0 % to dark blue 100 %.
-    Rows of classes absent from the ground truth are grey. `cell_size` defaults to a size that fits the names.
-    """
-    confusion = np.asarray(confusion)
-    num_classes = len(class_names)
-    if confusion.shape != (num_classes, num_classes):
-        raise ValueError(f"confusion matrix of shape {confusion.shape} does not match {num_classes} class names")
-    font = _font()
-    text_sizes = [_text_size(font, name) for name in class_names]
-    name_length = max(w for w, _ in text_sizes)
-    if cell_size is None:
-        cell_size = max(max(h for _, h in text_sizes) + 2, min(32, 600 // num_classes))
-
-    row_totals = confusion.sum(axis=1, keepdims=True).astype(np.float64)
-    fractions = np.divide(confusion, row_totals, out=np.zeros(confusion.shape), where=row_totals > 0)
-    colours = _heatmap_colours(fractions)
-    colours[row_totals[:, 0] == 0] = HEATMAP_EMPTY_ROW
-    grid = np.repeat(np.repeat(colours, cell_size, axis=0), cell_size, axis=1)
-
-    caption = "rows: ground truth, columns: prediction (row-normalised)"
-    caption_width, caption_height = _text_size(font, caption)
-    left = top = name_length + 2 * PAD
-    side = num_classes * cell_size
-    image = Image.new("RGB", (max(left + side, caption_width) + PAD, top + side + caption_height + 2 * PAD), BACKGROUND)
-    image.paste(Image.fromarray(grid), (left, top))
-    draw = ImageDraw.Draw(image)
-    for index, (name, (text_width, text_height)) in enumerate(zip(class_names, text_sizes)):
-        offset = index * cell_size + (cell_size - text_height) // 2
-        draw.text((left - PAD - text_width, top + offset), name, fill=TEXT, font=font)
-        # column names: drawn horizontally on a strip, then turned to read bottom-up above the column
-        strip = Image.new("RGB", (name_length, cell_size), BACKGROUND)
-        ImageDraw.Draw(strip).text((0, (cell_size - text_height) // 2), name, fill=TEXT, font=font)
-        image.paste(strip.rotate(90, expand=True), (left + index * cell_size, top - PAD - name_length))
-    draw.text((PAD, top + side + PAD), caption, fill=TEXT, font=font)
-    save_image(path, image)
+        draw.text((x + swatch_size + PAD, y + swatch_size // 2), text, fill=TEXT, font=font, anchor="lm")
     return image
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
 from .common import add_backend, add_device, add_protocol_flags, add_set, load_for_inference
-
-log = logging.getLogger("pspnet")
 
 CHECKPOINT_HELP = ("a .safetensors checkpoint (semseg and mmseg .pth files too), an .onnx file from `pspnet export`, "
                    "or a run directory (its best, else last, checkpoint)")
@@ -26,6 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
                                         "beside it (default: next to the checkpoint)")
     evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
+    evaluate.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report: the evaluation, "
+                          "sample predictions (worst images first) and, for a checkpoint of a run directory, the run")
     add_device(evaluate)
     add_backend(evaluate)
     add_protocol_flags(evaluate)
@@ -34,17 +33,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                "Cityscapes) or counted as IoU 0 (semseg)")
     evaluate.set_defaults(run=run_evaluate)
 
-    predict = sub.add_parser("predict", help="segment images", description="Segment image files or folders. Outputs "
-                             "keep each input's path relative to the folder all inputs share, so names never collide.",
+    predict = sub.add_parser("predict", help="segment images and videos", description="Segment image and video files "
+                             "or folders. Outputs keep each input's path relative to the folder all inputs share, so "
+                             "names never collide; legend.png and classes.json explain the colours and label values.",
                              epilog="Exit status: 0, or 1 when some inputs could not be read (the others are written).")
     predict.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image or video files, or folders (searched recursively); a video NAME.mp4 gives "
+                              "NAME.overlay.mp4 (needs the `video` extra: PyAV)")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--format", dest="output_format", choices=["pspnet", "cityscapes"], default="pspnet",
                          help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
                               "X_leftImg8bit.png, for the official evaluator and benchmark submissions")
     predict.add_argument("--skip-existing", action="store_true",
                          help="skip inputs whose outputs are all there (an interrupted image is redone)")
+    predict.add_argument("--probabilities", choices=["confidence", "full"],
+                         help="images: confidence/NAME.png, the top class's probability as 8-bit grey (255 = 1.0); "
+                              "full: also probabilities/NAME.npy, every class's probability (K x H x W float16)")
+    predict.add_argument("--overlay-alpha", type=float, default=0.5, metavar="A",
+                         help="weight of the class colours in overlays, 0 to 1 (default 0.5)")
+    predict.add_argument("--video-crf", type=int, default=18, metavar="N",
+                         help="quality of overlay videos: x264's constant rate factor, 0 (lossless) to 51 (default 18)")
+    predict.add_argument("--video-labels", action="store_true",
+                         help="also write each video frame's label map: NAME.labels/NNNNNN.png")
     add_set(predict)
     add_device(predict)
     add_backend(predict)
@@ -64,11 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, context) -> int:
     """Evaluate on this process's share of the split (all of it without torchrun); rank 0 reports."""
-    from ..data.loaders import build_dataset, build_eval_loader
     from ..engine.distributed import agree
-    from ..engine.evaluator import UPSAMPLING_WARNING, evaluate, protocol_cost
-    from ..errors import ConfigError
-    from ..inference.protocol import upsampling_factor
+    from ..engine.evaluator import ImageScores, evaluate_split, split_dataset
     from ..io.files import write_json
     from ..report.results import metrics_to_dict, save_csv
     from ..report.table import format_table
@@ -76,22 +84,13 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     def prepare():
         model, config, checkpoint = load_for_inference(args, context)
         split = args.split or config.data.val_split
-        dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
-        if dataset.classes.num_classes != model.card.num_classes:
-            raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
-                              f"{dataset.classes.num_classes}")
-        return model, config, checkpoint, split, dataset
+        return model, config, checkpoint, split, split_dataset(model, config, split)
 
     model, config, checkpoint, split, dataset = agree(context, prepare)
-    first = dataset[0] if len(dataset) and context.is_main else {}
-    if "image" in first:  # a bad first file is reported by the evaluation itself
-        height, width = first["image"].shape[-2:]
-        if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
-            cost = protocol_cost(model, config.eval, height, width, len(dataset), context.device)
-            log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
-    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, context.device, context.rank, context.world_size)
-    metrics = evaluate(model, loader, model.card.num_classes, config.eval, context.device, progress=not args.quiet,
-                       distributed=context)
+    scores = ImageScores(model.card.num_classes) if args.report else None
+    metrics = evaluate_split(model, dataset, config, progress=not args.quiet, distributed=context, observe=scores)
+    if scores is not None:
+        scores.gather(context)
     if not context.is_main:
         return 0
     protocol = config.eval.describe()
@@ -106,30 +105,50 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     save_csv(out.with_suffix(".csv"), metrics, names)
     print(f"results: {out} and {out.with_suffix('.csv')}")
     if args.confusion:
-        from ..visualize import confusion_heatmap
+        from ..report.plots import confusion_matrix, save_png  # heavy (matplotlib): only for the picture
 
-        confusion_heatmap(metrics.confusion, names, args.confusion)
+        save_png(confusion_matrix(metrics.confusion, names), args.confusion)
         print(f"confusion matrix: {args.confusion}")
+    if args.report:
+        from ..engine.run_report import write_report  # heavy (matplotlib): only for the report
+
+        print(f"report: {write_report(args.report, model, config, checkpoint, split, metrics, scores, dataset)}")
     return 0
+
+
+def describe_outputs(report, args: argparse.Namespace) -> str:
+    """The kinds of files a predict run wrote (a `PredictionReport`), for its summary line."""
+    if args.output_format == "cityscapes":
+        return "X_labelIds.png files"
+    videos = sum(path.name.endswith(".overlay.mp4") for path in report.written)
+    kinds = []
+    if len(report.written) > videos:
+        kinds += ["labels/", "color/", "overlay/"]
+        kinds += {None: [], "confidence": ["confidence/"], "full": ["confidence/", "probabilities/"]}[args.probabilities]
+    if videos:
+        kinds += ["NAME.overlay.mp4"] + (["NAME.labels/"] if args.video_labels else [])
+    return ", ".join(kinds + ["legend.png", "classes.json"])
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..engine import distributed  # heavy (torch): only when the command runs
-    from ..engine.predict import predict_files
+    from ..engine.predict import OutputOptions, predict_files
+    from ..engine.video import VideoOptions
 
     context = distributed.setup(args.device)
     try:
         model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
+        options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
         report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
-                               output_format=args.output_format, skip_existing=args.skip_existing, distributed=context)
+                               output_format=args.output_format, skip_existing=args.skip_existing, options=options,
+                               distributed=context)
     finally:
         distributed.teardown()
     if not context.is_main:
         return 1 if report.failed else 0
     written = len(report.written)
-    what = "X_labelIds.png files" if args.output_format == "cityscapes" else "labels/, color/, overlay/"
     if written:
-        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({what}); "
+        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({describe_outputs(report, args)}); "
               f"protocol: {config.eval.describe()}")
     else:
         print("no predictions written")

@@ -73,6 +73,8 @@ def launch(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine import distributed  # heavy (torch, timm): only when training runs
+    from ..engine.environment import command_line
+    from ..engine.run_report import report_run
     from ..engine.trainer import Trainer
     from ..report.table import format_table
 
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     context = distributed.setup(config.train.device)
     try:
-        trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, distributed=context)
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, distributed=context,
+                          command=command_line(["pspnet", *args.argv]))
         result = trainer.train()
     finally:
         distributed.teardown()
@@ -103,4 +106,6 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped_early:
         print(f"stopped at iteration {result.iteration}; continue with: pspnet train --resume {run_dir}")
         return 128 + result.stop_signal if result.stop_signal else 0
+    report = report_run(run_dir, device=config.train.device, progress=not args.quiet, validation=result.validation)
+    print(f"report:          {report}  (curves: {result.run_dir / 'curves.png'})")
     return 0

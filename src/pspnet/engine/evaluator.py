@@ -2,28 +2,71 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import EvalConfig
-from ..data.loaders import SkipLog, iterate
-from ..inference.predict import evaluation_mode
+from ..config import Config, EvalConfig
+from ..data.base import SegmentationDataset
+from ..data.loaders import SkipLog, build_dataset, build_eval_loader, iterate
+from ..errors import ConfigError, DataError
+from ..inference.predict import evaluation_mode, model_device
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
-from ..errors import DataError
 from ..metrics import ConfusionMatrix, SegmentationMetrics
-from .distributed import Distributed, all_reduce_sum, check_all
+from .distributed import Distributed, all_reduce_sum, check_all, gather
 from .progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageScores:
+    """Per-image mIoU of an evaluation, in the loader's order (`evaluate(..., observe=scores)`): the mean
+    IoU over the classes in the image's ground truth or prediction (NaN for an image without labels)."""
+
+    num_classes: int
+    names: list[str] = field(default_factory=list)
+    miou: list[float] = field(default_factory=list)
+
+    def __call__(self, batch: dict, labels: torch.Tensor) -> None:
+        for name, label, mask in zip(batch["name"], labels, batch["mask"]):
+            confusion = ConfusionMatrix(self.num_classes)
+            confusion.update(label, mask)
+            self.names.append(name)
+            self.miou.append(confusion.compute(absent="exclude").miou)
+
+    def gather(self, distributed: Distributed) -> ImageScores:
+        """Every process's scores in dataset order (process r of W scored images r, r + W, ...; see
+        `build_eval_loader`), on every process; returns self."""
+        shares = gather(distributed, (self.names, self.miou))
+        total = sum(len(miou) for _, miou in shares)
+        self.names, self.miou = [""] * total, [math.nan] * total
+        for rank, (names, miou) in enumerate(shares):
+            self.names[rank :: len(shares)], self.miou[rank :: len(shares)] = names, miou
+        return self
+
+
+@dataclass
+class Validation:
+    """An evaluation of the model saved at `iteration` on the val split: its metrics and per-image scores."""
+
+    iteration: int
+    metrics: SegmentationMetrics
+    scores: ImageScores
 
 
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, num_classes: int, settings: EvalConfig,
              device: torch.device, progress: bool = True, desc: str = "evaluate",
-             skipped: SkipLog | None = None, distributed: Distributed | None = None) -> SegmentationMetrics:
+             skipped: SkipLog | None = None, distributed: Distributed | None = None,
+             observe: Callable[[dict, torch.Tensor], None] | None = None) -> SegmentationMetrics:
     """Run `model` (a torch module or any backend) over `loader` with the protocol in `settings`;
-    ignore-label pixels do not count.
+    ignore-label pixels do not count. `observe(batch, labels)` sees each batch with its predicted labels
+    (e.g. `ImageScores`).
 
     With several processes, each evaluates its loader (its share of the split) and the confusion
     matrices are summed: the result is exactly one process's on the whole split.
@@ -38,13 +81,46 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
             for batch in iterate(loader, skipped):
                 images = batch["image"].to(device, non_blocking=True)
                 masks = batch["mask"].to(device, non_blocking=True)
-                confusion.update(inferencer.labels(images), masks)
+                labels = inferencer.labels(images)
+                confusion.update(labels, masks)
+                if observe is not None:
+                    observe({**batch, "mask": masks}, labels)
                 bar.update(len(images))
         except DataError as exc:  # shared with the other processes instead of leaving them waiting
             failure = exc
     check_all(distributed, failure)
     all_reduce_sum(distributed, confusion.matrix)
     return confusion.compute(absent=settings.absent)
+
+
+def split_dataset(model: Callable[[torch.Tensor], torch.Tensor], config: Config, split: str) -> SegmentationDataset:
+    """The evaluation dataset of `split` (images over the protocol's pixel cap refused); ConfigError when
+    its classes are not the model's."""
+    dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
+    if dataset.classes.num_classes != model.card.num_classes:
+        raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
+                          f"{dataset.classes.num_classes}")
+    return dataset
+
+
+def evaluate_split(model: Callable[[torch.Tensor], torch.Tensor], dataset: SegmentationDataset, config: Config, progress: bool = True,
+                   distributed: Distributed | None = None,
+                   observe: Callable[[dict, torch.Tensor], None] | None = None) -> SegmentationMetrics:
+    """Metrics of `model` (on its device) over `dataset` under `config.eval`, each process evaluating its
+    share; first a warning with the cost when the protocol would enlarge the images more than
+    `UPSAMPLING_WARNING` times."""
+    distributed = distributed or Distributed()
+    device = model_device(model)
+    first = dataset[0] if len(dataset) and distributed.is_main else {}
+    if "image" in first:  # a bad first file is reported by the evaluation itself
+        height, width = first["image"].shape[-2:]
+        if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
+            cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
+            log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
+    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device, distributed.rank,
+                               distributed.world_size)
+    return evaluate(model, loader, model.card.num_classes, config.eval, device, progress, distributed=distributed,
+                    observe=observe)
 
 
 UPSAMPLING_WARNING = 2.0

@@ -1,4 +1,5 @@
-"""Prediction on image files: label PNGs, colour renderings and overlays, or Cityscapes submissions."""
+"""Prediction on image and video files: label PNGs, colour renderings, overlays, confidence maps and
+overlay videos with a legend and a classes file, or Cityscapes submissions."""
 
 from __future__ import annotations
 
@@ -11,19 +12,42 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..classes import ClassInfo
+from ..classes import IGNORE_INDEX, ClassInfo
 from ..config import EvalConfig
 from ..data.formats.cityscapes import cityscapes_classes, train_id_to_label_id
 from ..errors import ConfigError, DataError
-from ..inference.predict import predict_array
-from ..io.files import IMAGE_EXTENSIONS, list_images, remove_stale_temp_files, save_image
+from ..inference.predict import predict_array, predict_probabilities
+from ..io.files import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, atomic_path, list_files, remove_stale_temp_files, save_image,
+                        write_json)
 from ..io.images import read_image
-from ..visualize import colorize, overlay, save_label_png
+from ..visualize import colorize, displayable, legend, overlay, save_label_png
 from .distributed import Distributed, check_all, gather, shard
 from .progress import progress_bar
+from .video import VideoOptions, VideoReader, import_av, overlay_video
 
 OUTPUT_FORMATS = ("pspnet", "cityscapes")
+PROBABILITY_OUTPUTS = ("confidence", "full")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the pspnet output format writes besides labels/, color/ and overlay/.
+
+    `probabilities`: "confidence" adds `confidence/NAME.png` (the top class's softmax probability x 255,
+    8-bit grey), "full" also `probabilities/NAME.npy` (K x H x W float16). `overlay_alpha` is the weight
+    of the class colours in overlays (images and videos); `video` says how overlay videos are encoded.
+    """
+
+    probabilities: str | None = None
+    overlay_alpha: float = 0.5
+    video: VideoOptions = VideoOptions()
+
+    def __post_init__(self) -> None:
+        if self.probabilities not in (None, *PROBABILITY_OUTPUTS):
+            raise ConfigError(f"unknown probability output {self.probabilities!r}; choose {' or '.join(PROBABILITY_OUTPUTS)}")
+        if not 0 <= self.overlay_alpha <= 1:
+            raise ConfigError(f"the overlay alpha must be in [0, 1], got {self.overlay_alpha}")
 
 
 @dataclass
@@ -37,7 +61,7 @@ class PredictionReport:
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
-    """(file, output name) for files and folders (searched recursively for images).
+    """(file, output name) for files and folders (searched recursively for images and videos).
 
     An output name is the file's path relative to the folder that all inputs share (a folder input
     counts as its own root, a file as its parent's), so `a/x.png b/x.png` give `a/x` and `b/x`; files
@@ -47,7 +71,8 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     found: dict[Path, Path] = {}  # absolute file -> its input's root
     for item in map(Path, inputs):
         if item.is_dir():
-            found.update((Path(os.path.abspath(path)), Path(os.path.abspath(item))) for path in list_images(item))
+            found.update((Path(os.path.abspath(path)), Path(os.path.abspath(item)))
+                         for path in list_files(item, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
         else:  # a missing file fails on its own when it is read, and the other inputs are still processed
             found.setdefault(Path(os.path.abspath(item)), Path(os.path.abspath(item.parent)))
     if not found:
@@ -70,24 +95,50 @@ def cityscapes_prediction_name(stem: Path) -> Path:
     return stem.with_name(name.removesuffix(CITYSCAPES_IMAGE_SUFFIX) + "_labelIds.png")
 
 
-def output_files(out_dir: Path, stem: Path, output_format: str) -> list[Path]:
-    """Every file `predict_files` writes for the input named `stem`; the first is the label file."""
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def output_files(out_dir: Path, stem: Path, output_format: str, probabilities: str | None = None) -> list[Path]:
+    """Every file `predict_files` writes for the image named `stem`; the first is the label file, written last."""
     if output_format == "cityscapes":
         return [out_dir / cityscapes_prediction_name(stem)]
-    return [out_dir / "labels" / f"{stem}.png", out_dir / "color" / f"{stem}.png", out_dir / "overlay" / f"{stem}.jpg"]
+    files = [out_dir / "labels" / f"{stem}.png", out_dir / "color" / f"{stem}.png", out_dir / "overlay" / f"{stem}.jpg"]
+    if probabilities:
+        files.append(out_dir / "confidence" / f"{stem}.png")
+    if probabilities == "full":
+        files.append(out_dir / "probabilities" / f"{stem}.npy")
+    return files
 
 
-def displayable(image: np.ndarray) -> np.ndarray:
-    """An HxWx3 RGB view of a model input for overlays: grey repeated, extra channels (alpha, infrared) dropped."""
-    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+def video_output(out_dir: Path, stem: Path) -> Path:
+    """The overlay video `predict_files` writes for the video named `stem` (renamed into place when complete)."""
+    return out_dir / f"{stem}.overlay.mp4"
 
 
-def _write_pspnet(files: list[Path], image: np.ndarray, label: np.ndarray, classes: ClassInfo) -> None:
-    """Colour and overlay renderings, then the palette PNG of class ids (written last: its presence marks a
-    complete output)."""
-    label_path, color_path, overlay_path = files
+def write_key(out_dir: Path, classes: ClassInfo) -> None:
+    """`legend.png` (class ids, colours and names) and `classes.json` (a `data.classes_file`: names, palette
+    and the ignore value) beside the outputs."""
+    save_image(out_dir / "legend.png", legend(classes, ids=True))
+    write_json(out_dir / "classes.json", {**classes.to_dict(), "ignore": IGNORE_INDEX})
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def _write_pspnet(files: list[Path], image: np.ndarray, label: np.ndarray, probabilities: np.ndarray | None,
+                  classes: ClassInfo, options: OutputOptions) -> None:
+    """Colour and overlay renderings, the confidence map and probabilities when asked, then the palette PNG of
+    class ids (written last: its presence marks a complete output)."""
+    label_path, color_path, overlay_path, *probability_paths = files
     save_image(color_path, Image.fromarray(colorize(label, classes)))
-    save_image(overlay_path, Image.fromarray(overlay(displayable(image), label, classes)), quality=90)
+    save_image(overlay_path, Image.fromarray(overlay(displayable(image), label, classes, options.overlay_alpha)), quality=90)
+    if probabilities is not None:
+        save_image(probability_paths[0], Image.fromarray(np.rint(probabilities.max(0) * 255).astype(np.uint8)))
+    if options.probabilities == "full":
+        _save_npy(probability_paths[1], probabilities.astype(np.float16))
     save_label_png(label_path, label, classes)
 
 
@@ -99,51 +150,79 @@ def _check_cityscapes_model(model: torch.nn.Module) -> None:
 
 
 def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path,
-                  settings: EvalConfig | None = None, progress: bool = True,
-                  output_format: str = "pspnet", skip_existing: bool = False,
+                  settings: EvalConfig | None = None, progress: bool = True, output_format: str = "pspnet",
+                  skip_existing: bool = False, options: OutputOptions = OutputOptions(),
                   distributed: Distributed | None = None) -> PredictionReport:
-    """Segment every input image and write the results in `output_format`:
+    """Segment every input image and video and write the results in `output_format`:
 
-    * `pspnet`: `labels/` (palette PNG, value = class id), `color/` and `overlay/`;
+    * `pspnet`: for an image `labels/` (palette PNG, value = class id), `color/`, `overlay/` and what
+      `options` add (`confidence/`, `probabilities/`); for a video `NAME.overlay.mp4` (and, with
+      `options.video.labels`, `NAME.labels/NNNNNN.png`); `legend.png` and `classes.json` once anything
+      is written;
     * `cityscapes`: `<name>_labelIds.png` per image (see `cityscapes_prediction_name`), for the
       official evaluator or a benchmark submission; needs a model of the 19 Cityscapes train classes.
 
     Output names follow `collect_inputs`. Inputs that cannot be read (or are larger than the
     settings' pixel cap) are recorded in the report; the others are still processed. With
     `skip_existing`, inputs whose outputs are all there are skipped (an interrupted image is redone).
-    With several processes, each segments its share of the inputs (each image once) and every
+    With several processes, each segments its share of the inputs (each input once) and every
     process returns the report of the whole job.
     """
     distributed = distributed or Distributed()
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    files = collect_inputs(inputs)
+    videos = [path for path, _ in files if is_video(path)]
     if output_format == "cityscapes":
         _check_cityscapes_model(model)
+        if videos or options.probabilities:
+            what = f"{videos[0]} is a video" if videos else "probabilities were asked for"
+            raise ConfigError(f"the cityscapes output format holds label files of images only; {what}")
+    if videos:
+        import_av()
     settings = settings or EvalConfig()
     out_dir = Path(out_dir)
     if distributed.is_main:  # before any process writes (check_all is the barrier)
-        for folder in ([out_dir] if output_format == "cityscapes" else [out_dir / "labels", out_dir / "color", out_dir / "overlay"]):
-            remove_stale_temp_files(folder)
+        remove_stale_temp_files(out_dir)
     check_all(distributed, None)
     report = PredictionReport()
-    files = shard(collect_inputs(inputs), distributed)
-    with progress_bar(len(files), "predict", progress and distributed.is_main) as bar:
-        for path, stem in files:
-            outputs = output_files(out_dir, stem, output_format)
+    key_written = output_format == "cityscapes"  # a benchmark submission holds the label files only
+
+    def write_key_once() -> None:
+        nonlocal key_written
+        if not key_written:
+            write_key(out_dir, model.card.classes)
+            key_written = True
+
+    progress = progress and distributed.is_main
+    share = shard(files, distributed)
+    with progress_bar(len(share), "predict", progress) as bar:
+        for path, stem in share:
+            outputs = [video_output(out_dir, stem)] if is_video(path) else output_files(out_dir, stem, output_format,
+                                                                                         options.probabilities)
             if skip_existing and all(output.is_file() for output in outputs):
                 report.skipped.append(path)
                 bar.update()
                 continue
             try:
-                image = read_image(path, model.card.in_channels, max_pixels=settings.pixel_cap(), exif=True)
-                label = predict_array(model, image, settings)
+                if is_video(path):
+                    with VideoReader(path, settings.pixel_cap()) as reader:
+                        write_key_once()
+                        labels_dir = out_dir / f"{stem}.labels" if options.video.labels else None
+                        overlay_video(model, reader, outputs[0], settings, options.overlay_alpha, options.video.crf,
+                                      labels_dir, progress)
+                else:
+                    image = read_image(path, model.card.in_channels, max_pixels=settings.pixel_cap(), exif=True)
+                    probabilities = predict_probabilities(model, image, settings) if options.probabilities else None
+                    label = predict_array(model, image, settings) if probabilities is None else probabilities.argmax(0).astype(np.uint8)
+                    write_key_once()
+                    if output_format == "cityscapes":
+                        save_image(outputs[0], Image.fromarray(train_id_to_label_id()[label]))
+                    else:
+                        _write_pspnet(outputs, image, label, probabilities, model.card.classes, options)
             except DataError as exc:
                 report.failed.append((path, str(exc)))
             else:
-                if output_format == "cityscapes":
-                    save_image(outputs[0], Image.fromarray(train_id_to_label_id()[label]))
-                else:
-                    _write_pspnet(outputs, image, label, model.card.classes)
                 report.written.append(outputs[0])
             bar.update()
     parts = gather(distributed, report)

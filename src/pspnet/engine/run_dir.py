@@ -1,10 +1,13 @@
 """A training run's directory: what it holds, whether a run may start or resume there, and its logs.
 
     config.yaml                      the resolved config
+    run.json                         each `train` session: command line, software, hardware, wall time
     checkpoints/last.safetensors     latest weights + metadata (what `pspnet evaluate/predict` read)
     checkpoints/best.safetensors     weights with the best validation mIoU
     checkpoints/last.resume.pt       model, optimizer, scheduler, RNG and iteration (for --resume)
-    train_log.csv, val_log.csv       metrics; tensorboard/ has the same as TensorBoard events
+    train_log.csv, val_log.csv       metrics; tensorboard/ has the same as TensorBoard events (run_log.py)
+    curves.png                       the training curves, redrawn at each validation
+    report.html                      the run report (`pspnet report`), written when training ends
 
 Each file is written atomically, the resume state before `last.safetensors`, so that a kill at any
 moment leaves a directory that `--resume` continues (or, before the first save, starts over).
@@ -12,18 +15,21 @@ moment leaves a directory that `--resume` continues (or, before the first save, 
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import json
 import logging
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
 
 from ..config import Config, dump_yaml
 from ..errors import CheckpointError, ConfigError
-from ..io.files import atomic_path, remove_stale_temp_files
 from ..checkpoint.native import read_metadata
+from ..io.files import atomic_path, remove_stale_temp_files, write_json
 from ..io.weights import load_torch_file
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,17 @@ class RunDirectory:
         self.last = self.checkpoints / "last.safetensors"
         self.best = self.checkpoints / "best.safetensors"
         self.resume_state = self.checkpoints / "last.resume.pt"
+        self.run_info = self.path / "run.json"
+        self.train_log = self.path / "train_log.csv"
+        self.val_log = self.path / "val_log.csv"
+        self.curves = self.path / "curves.png"
+        self.report = self.path / "report.html"
+
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> RunDirectory | None:
+        """The run directory a checkpoint file was saved in (`RUN/checkpoints/X.safetensors`), if it is one."""
+        run = cls(Path(checkpoint).parent.parent)
+        return run if Path(checkpoint).parent == run.checkpoints and run.config_path.is_file() else None
 
     def checkpoint(self) -> Path:
         """The run's best checkpoint, else its last; CheckpointError when it has neither."""
@@ -104,6 +121,35 @@ class RunDirectory:
     def load_resume_state(self) -> dict[str, Any]:
         return load_torch_file(self.resume_state)
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """The `train` sessions recorded in run.json, oldest first ([] when there is none)."""
+        if not self.run_info.is_file():
+            return []
+        try:
+            return list(json.loads(self.run_info.read_text())["sessions"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{self.run_info}: not a run record ({exc})") from None
+
+    @contextlib.contextmanager
+    def session(self, record: dict[str, Any], iteration: Callable[[], int]) -> Iterator[dict[str, Any]]:
+        """Add `record` (command, software, hardware, ...) to run.json with its start time; when the block
+        ends, add the end time, wall time, `iteration()` and the outcome: what the block set in
+        `record["outcome"]` (default "finished"), or "interrupted" / "failed: ..." when it raised."""
+        sessions = self.sessions()
+        record.update(started=_now(), finished=None, outcome="running")
+        start = time.monotonic()
+        write_json(self.run_info, {"sessions": [*sessions, record]})
+        try:
+            yield record
+            if record["outcome"] == "running":
+                record["outcome"] = "finished"
+        except BaseException as exc:
+            record["outcome"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+            raise
+        finally:
+            record.update(finished=_now(), wall_seconds=round(time.monotonic() - start, 1), end_iteration=iteration())
+            write_json(self.run_info, {"sessions": [*sessions, record]})
+
     def last_iteration(self) -> int | None:
         """The iteration `last.safetensors` was saved at (None when there is none)."""
         if not self.last.is_file():
@@ -111,41 +157,8 @@ class RunDirectory:
         return read_metadata(self.last).get("iteration")
 
 
-class RunLog:
-    """The CSV and TensorBoard logs of a run; rows after `start_iteration` (written after the checkpoint a
-    resumed run restarts from) are dropped."""
-
-    def __init__(self, run: RunDirectory, start_iteration: int):
-        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when a run starts
-
-        self.path = run.path
-        for name in ("train_log.csv", "val_log.csv"):
-            _truncate_csv(self.path / name, start_iteration)
-        self.tensorboard = SummaryWriter(str(self.path / "tensorboard"), purge_step=start_iteration or None)
-
-    def _append(self, name: str, row: dict[str, Any]) -> None:
-        path = self.path / name
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def train(self, iteration: int, values: dict[str, float]) -> None:
-        """One row of training values (losses, lr, timing)."""
-        self._append("train_log.csv", {"iteration": iteration, **values})
-        for key, value in values.items():
-            self.tensorboard.add_scalar(f"train/{key}", value, iteration)
-
-    def validation(self, iteration: int, values: dict[str, float]) -> None:
-        """One row of validation metrics (miou, macc, aacc)."""
-        self._append("val_log.csv", {"iteration": iteration, **values})
-        for key, value in values.items():
-            self.tensorboard.add_scalar(f"val/{key}", value, iteration)
-
-    def close(self) -> None:
-        self.tensorboard.close()
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -158,14 +171,3 @@ def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
         elif left != right:
             keys.add(f"{prefix}{key}")
     return keys
-
-
-def _truncate_csv(path: Path, iteration: int) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration] if rows else []
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerows(kept)

@@ -34,9 +34,11 @@ from ..metrics import SegmentationMetrics
 from ..models import create_model
 from .device import resolve_device
 from .distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
-from .evaluator import evaluate
+from .environment import command_line, hardware, software
+from .evaluator import ImageScores, Validation, evaluate
 from .progress import progress_bar
-from .run_dir import RunDirectory, RunLog
+from .run_dir import RunDirectory
+from .run_log import RunLog
 from .sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class TrainResult:
     stop_signal: int | None = None
     """The signal (SIGINT, SIGTERM) that stopped the run early, if one did."""
     skipped: SkipLog | None = None
+    validation: Validation | None = None
+    """The last validation with its per-image scores (None if none ran)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds this session spent in each phase of the loop: data, step, logging, validation, checkpoints."""
 
@@ -96,14 +100,16 @@ class Trainer:
     With `resume`, the run continues from its resume state; when it has none (it was killed before
     its first checkpoint) it starts over, with a warning. With a `distributed` context of several
     processes, every process builds and checks the same run (a failure on one stops all), trains on
-    its share of each global batch, and rank 0 alone writes files.
+    its share of each global batch, and rank 0 alone writes files. `command` is recorded in run.json
+    (default: this process's command line).
     """
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                 distributed: Distributed | None = None):
+                 distributed: Distributed | None = None, command: str | None = None):
         self.dist = distributed or Distributed(device=resolve_device(config.train.device))
         self.run = RunDirectory(run_dir)
         self.progress = progress and self.dist.is_main
+        self.command = command or command_line()
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self._stop_requested = False
         self._stop_signal: int | None = None
@@ -215,12 +221,16 @@ class Trainer:
             group["lr"] = base_lr * factor
         log.info("resuming %s at iteration %d of %d", self.run.path, self.iteration, train.max_iters)
 
-    def validate(self) -> SegmentationMetrics:
-        """Metrics of the current model on the validation split (each process evaluates its share)."""
+    def validate(self, scores: ImageScores | None = None) -> SegmentationMetrics:
+        """Metrics of the current model on the validation split (each process evaluates its share), and the
+        per-image mIoU of the whole split into `scores`."""
         cfg = self.config
         loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device, self.dist.rank, self.dist.world_size)
-        return evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
-                        desc="validate", skipped=self.skipped, distributed=self.dist)
+        metrics = evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
+                           desc="validate", skipped=self.skipped, distributed=self.dist, observe=scores)
+        if scores is not None:
+            scores.gather(self.dist)
+        return metrics
 
     def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog | None) -> None:
         """Log validation metrics and keep the best checkpoint (rank 0)."""
@@ -273,9 +283,10 @@ class Trainer:
             batches = itertools.chain([first] if first is not None else [], batches)
         run_log = self._open_run()
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)
-        metrics = None
+        metrics = validation = None
         self.model.train()
-        with _stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log or _NoLog()):
+        with (_stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log or _NoLog()),
+              self._session() as session):
             while self.iteration < cfg.max_iters:
                 with self._timed("data"):
                     batch = self._next_batch(batches)
@@ -296,7 +307,9 @@ class Trainer:
                             run_log.train(self.iteration, {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)})
                 if self.iteration % cfg.eval_interval == 0 or self.iteration == cfg.max_iters:
                     with self._timed("validation"):
-                        metrics = self.validate()
+                        scores = ImageScores(self.classes.num_classes)
+                        metrics = self.validate(scores)
+                        validation = Validation(self.iteration, metrics, scores)
                         self._record_validation(metrics, run_log)
                     if self.dist.is_main:
                         bar.write(f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})")
@@ -308,11 +321,13 @@ class Trainer:
                     callback(self, self.iteration)
             if self._stop_requested and self._saved_iteration != self.iteration:
                 self._save()
+            if self._stop_requested:
+                session["outcome"] = "stopped"
         if self.skipped.count and self.dist.is_main:
             log.warning("%s", self.skipped.summary())
         return TrainResult(self.run.path, self.run.last, self.run.best if self.run.best.exists() else None,
                            self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped,
-                           dict(self.timings))
+                           validation, dict(self.timings))
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -322,6 +337,14 @@ class Trainer:
             yield
         finally:
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+    def _session(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Rank 0: this `train` session recorded in run.json (command, software, hardware, wall time, outcome)."""
+        if not self.dist.is_main:
+            return contextlib.nullcontext({})
+        record = {"command": self.command, "start_iteration": self.iteration, "software": software(),
+                  "hardware": hardware(self.device), "processes": self.dist.world_size}
+        return self.run.session(record, iteration=lambda: self.iteration)
 
     def _open_run(self) -> RunLog | None:
         """Rank 0: create the run directory (bringing `last.safetensors` up to the resume state if a kill

@@ -25,6 +25,14 @@ def image_to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return tensor.sub_(mean_t).div_(std_t)
 
 
+def tensor_to_image(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The inverse of `image_to_tensor`: a normalised CxHxW tensor -> HxWxC uint8 array."""
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    pixels = (tensor.detach().float().cpu() * std_t + mean_t).mul_(255).round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def model_device(model: Any) -> torch.device:
     """Where `model`'s parameters live (CPU for models without parameters, e.g. other backends)."""
     parameters = getattr(model, "parameters", None)
@@ -47,15 +55,26 @@ def evaluation_mode(model: Any) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
-    """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count;
-    (N, H, W) for a batch (N, H, W, C)."""
+def _infer(model: Any, image: np.ndarray, settings: EvalConfig | None, method: str) -> np.ndarray:
+    """`Inferencer(model, settings).<method>` of an HxWxC uint8 array (or an NxHxWxC batch), in eval mode."""
     card = model.card
     batch = image if image.ndim == 4 else image[None]
     tensor = torch.stack([image_to_tensor(item, card.mean, card.std) for item in batch]).to(model_device(model))
     with evaluation_mode(model):
-        labels = Inferencer(model, settings).labels(tensor).cpu().numpy()
-    return labels if image.ndim == 4 else labels[0]
+        result = getattr(Inferencer(model, settings), method)(tensor).cpu().numpy()
+    return result if image.ndim == 4 else result[0]
+
+
+def predict_array(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
+    """Label map (H, W) uint8 of an HxWxC uint8 array whose C is the model's input channel count;
+    (N, H, W) for a batch (N, H, W, C)."""
+    return _infer(model, image, settings, "labels")
+
+
+def predict_probabilities(model: Any, image: np.ndarray, settings: EvalConfig | None = None) -> np.ndarray:
+    """Class probabilities (K, H, W) float32 of an HxWxC uint8 array, (N, K, H, W) for a batch; their
+    argmax over K is `predict_array`'s label map."""
+    return _infer(model, image, settings, "probabilities")
 
 
 def predict_image(model: Any, image: Any, settings: EvalConfig | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 
 
 @contextlib.contextmanager
@@ -76,7 +77,11 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
 
+def list_files(root: str | Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Files under `root` (recursively) whose suffix is one of `extensions` (any case), sorted."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
 def list_images(root: str | Path) -> list[Path]:
     """Image files under `root` (recursively), sorted."""
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return list_files(root, IMAGE_EXTENSIONS)

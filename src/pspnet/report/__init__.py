@@ -1,2 +1,2 @@
-"""Presenting results: metric tables as text (table.py) and metric files (results.py).
-Library code returns results; the command line and reports format them with this package."""
+"""Presenting results: metric tables as text (table.py), metric files (results.py), figures (plots.py) and
+the HTML run report (html.py, templates/). Library code returns results; the CLI and reports format them here."""

@@ -1,0 +1,69 @@
+"""A run's logs: train_log.csv and val_log.csv, the same as TensorBoard events, and curves.png."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from ..io.files import atomic_path
+from ..report.plots import save_png, training_curves
+from .run_dir import RunDirectory
+
+
+class RunLog:
+    """The CSV and TensorBoard logs of a run, and curves.png; rows after `start_iteration` (written after
+    the checkpoint a resumed run restarts from) are dropped."""
+
+    def __init__(self, run: RunDirectory, start_iteration: int):
+        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when a run starts
+
+        self.run = run
+        for path in (run.train_log, run.val_log):
+            _truncate_csv(path, start_iteration)
+        self.tensorboard = SummaryWriter(str(run.path / "tensorboard"), purge_step=start_iteration or None)
+
+    def train(self, iteration: int, values: dict[str, float]) -> None:
+        """One row of training values (losses, lr, timing)."""
+        _append_csv(self.run.train_log, {"iteration": iteration, **values})
+        for key, value in values.items():
+            self.tensorboard.add_scalar(f"train/{key}", value, iteration)
+
+    def validation(self, iteration: int, values: dict[str, float]) -> None:
+        """One row of validation metrics (miou, macc, aacc); curves.png is redrawn."""
+        _append_csv(self.run.val_log, {"iteration": iteration, **values})
+        for key, value in values.items():
+            self.tensorboard.add_scalar(f"val/{key}", value, iteration)
+        save_png(training_curves(read_log(self.run.train_log), read_log(self.run.val_log)), self.run.curves)
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a CSV log as numbers ([] when there is no log); empty cells are left out of their row."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
+                for row in csv.DictReader(handle)]
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, iteration: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration] if rows else []
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)

@@ -1,0 +1,94 @@
+"""The run report (`pspnet report`, the end of `pspnet train`, `pspnet evaluate --report`): a checkpoint
+evaluated with per-image scores, the images to show predicted again, and one HTML file rendered by
+`pspnet.report.html`.
+
+Only the per-image scores are kept during the evaluation; the few images the report shows are
+predicted a second time, so memory does not grow with the size of the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint, read_metadata
+from ..checkpoint.native import is_native
+from ..config import Config, dump_yaml
+from ..data.base import SegmentationDataset
+from ..errors import CheckpointError
+from ..inference.predict import model_device, tensor_to_image
+from ..inference.protocol import Inferencer
+from ..io.files import atomic_path
+from ..io.weights import is_safetensors
+from ..metrics import SegmentationMetrics
+from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking, render_report, select_samples
+from ..visualize import displayable
+from .device import resolve_device
+from .evaluator import ImageScores, Validation, evaluate_split, split_dataset
+from .run_dir import RunDirectory
+from .run_log import read_log
+
+DEFAULT_SAMPLES = 8
+"""Images in a report's sample grid: the worst half and a spread of the others."""
+
+
+def draw_samples(model: torch.nn.Module, dataset: SegmentationDataset, config: Config, scores: ImageScores,
+                 count: int = DEFAULT_SAMPLES) -> list[SamplePrediction]:
+    """The predictions of the `count` images `select_samples` picks from `scores` (in dataset order),
+    computed again under `config.eval`, with the images as the model saw them."""
+    model.eval()
+    inferencer = Inferencer(model, config.eval)
+    rank = {index: position + 1 for position, index in enumerate(ranking(scores.miou))}
+    samples = []
+    for index in select_samples(scores.miou, count):
+        item = dataset[index]
+        labels = inferencer.labels(item["image"][None].to(model_device(model)))[0].cpu().numpy()
+        image = displayable(tensor_to_image(item["image"], config.data.mean, config.data.std))
+        samples.append(SamplePrediction(item["name"], image, item["mask"].numpy(), labels, scores.miou[index], rank[index]))
+    return samples
+
+
+def _saved_iteration(checkpoint: Path) -> int | None:
+    """The iteration a native checkpoint was saved at (None for other files)."""
+    if not (is_safetensors(checkpoint) and is_native(checkpoint)):
+        return None
+    return read_metadata(checkpoint).get("iteration")
+
+
+def write_report(out: str | Path, model: torch.nn.Module, config: Config, checkpoint: Path, split: str,
+                 metrics: SegmentationMetrics, scores: ImageScores, dataset: SegmentationDataset,
+                 samples: int = DEFAULT_SAMPLES) -> Path:
+    """Write the report of an evaluation of `checkpoint` on `split` (with the record, logs and curves of
+    the run directory the checkpoint lies in, if any) to `out`, atomically."""
+    run = RunDirectory.holding(checkpoint)
+    record = None if run is None else RunRecord(str(run.path), run.sessions(), read_log(run.train_log), read_log(run.val_log))
+    evaluation = EvaluationRecord(metrics, model.card.classes, config.eval.describe(), str(checkpoint),
+                                  _saved_iteration(checkpoint), f"{config.data.format}/{split}", len(dataset))
+    html = render_report(run.path.name if run else checkpoint.name, run.config_path.read_text() if run else dump_yaml(config),
+                         record, evaluation, draw_samples(model, dataset, config, scores, samples), model.card.classes)
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return Path(out)
+
+
+def report_run(run_dir: str | Path, out: str | Path | None = None, split: str | None = None,
+               samples: int = DEFAULT_SAMPLES, device: str = "auto", progress: bool = True,
+               validation: Validation | None = None) -> Path:
+    """Write the report of a run (default `RUN_DIR/report.html`) on its best (else last) checkpoint,
+    evaluated on `split` (default: the val split) under the run's protocol. A `validation` of that
+    checkpoint's weights (same iteration) on the val split is used instead of evaluating again."""
+    run = RunDirectory(run_dir)
+    if not run.config_path.is_file():
+        raise CheckpointError(f"{run.path} is not a run directory ({run.config_path.name} is missing)")
+    checkpoint = run.checkpoint()
+    model, config, meta = load_checkpoint(checkpoint)
+    model.to(resolve_device(device))
+    split = split or config.data.val_split
+    dataset = split_dataset(model, config, split)
+    if validation is not None and validation.iteration == meta.get("iteration") and split == config.data.val_split:
+        metrics, scores = validation.metrics, validation.scores
+    else:
+        scores = ImageScores(model.card.num_classes)
+        metrics = evaluate_split(model, dataset, config, progress, observe=scores)
+    return write_report(out or run.report, model, config, checkpoint, split, metrics, scores, dataset, samples)
