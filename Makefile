@@ -2,26 +2,40 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
+ALL := $(VENV)/.installed-all
+EXTRAS := test,deploy,serve,video,cityscapes
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup setup-all test demo bench clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
-	touch $(STAMP)
 
-setup: $(STAMP)
+# the package and its core dependencies, pinned by the tested stack
+$(CORE): $(PY) pyproject.toml requirements/constraints.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e .
+	touch $(CORE)
 
-test: setup
+# every extra, so that every test runs
+$(ALL): $(PY) pyproject.toml requirements/constraints.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	touch $(CORE) $(ALL)
+
+setup: $(CORE)
+
+setup-all: $(ALL)
+
+test: $(ALL)
 	$(PY) -m pytest -q
 
-demo: setup
+demo: $(CORE)
 	$(PY) -m pspnet.demo --out $(DEMO_DIR)
 
-bench: setup
+bench: $(ALL)
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/context_ablation.py
 

@@ -10,7 +10,7 @@ import torch
 
 from pspnet.config import Config
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscription when loader workers or other jobs share the cores
 
 TINY_RESNET = {
     "encoder": "resnet18_deepstem",
