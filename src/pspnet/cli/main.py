@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, export, info, train
+from . import data, evaluate, export, info, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     evaluate.add_parsers(sub)
     export.add_parser(sub)
+    serve.add_parser(sub)
     data.add_parser(sub)
     info.add_parsers(sub)
     return parser
