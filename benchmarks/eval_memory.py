@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,11 +25,9 @@ import torch
 
 from pspnet import PSPNet
 from pspnet.config import EvalConfig
-from pspnet.engine.inference import Inferencer, scaled_size, window_grid
+from pspnet.inference.protocol import Inferencer, scaled_size, window_grid
 
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from machine import cpu_name, peak_rss_mb
 
 
 def settings_for(case: str, args: argparse.Namespace) -> EvalConfig:
@@ -57,13 +53,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     model = PSPNet(19).eval() if args.model == "pspnet50" else torch.nn.Conv2d(3, 19, 1)
     image = torch.randn(1, 3, *args.size)
     settings = settings_for(case, args)
-    baseline = peak_rss_mib()
+    baseline = peak_rss_mb()
     start = time.perf_counter()
     probs = Inferencer(model, settings).probabilities(image)
     seconds = time.perf_counter() - start
     assert probs.shape == (1, 19, *args.size)
     return {"case": case, "inputs": window_count(settings, *args.size), "seconds": seconds,
-            "baseline_mib": baseline, "peak_mib": peak_rss_mib()}
+            "baseline_mib": baseline, "peak_mib": peak_rss_mb()}
 
 
 def main() -> None:
@@ -84,7 +80,7 @@ def main() -> None:
     network = "PSPNet-50" if args.model == "pspnet50" else "a 1x1 convolution (protocol overhead only)"
     print(f"{network}, 19 classes, one {args.size[0]}x{args.size[1]} image, scales {args.scales}, "
           f"flip={args.flip}, window_batch={args.window_batch}, threads={args.threads}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")
+          f"{cpu_name()}")
     options = ["--size", *map(str, args.size), "--scales", *map(str, args.scales), "--flip" if args.flip else "--no-flip",
                "--window-batch", str(args.window_batch), "--threads", str(args.threads), "--model", args.model]
     for case in args.cases:

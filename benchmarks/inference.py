@@ -44,6 +44,8 @@ from pspnet.metrics import ConfusionMatrix
 from pspnet.models import PSPNet
 from pspnet.models.ppm import AdaptiveAvgPool
 
+from machine import cpu_name, peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "synthetic.yaml"
 PEAK_SIZE = 2048
@@ -59,29 +61,6 @@ class Backend:
     file: Path | None
     load: tuple[str, ...] = ()
     """`--probe-rss` arguments that load it in a fresh process (empty: not measured)."""
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else the architecture."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM (Linux; unlike ru_maxrss it is not inherited from the
-    parent across fork + exec), else ru_maxrss."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -26,20 +26,12 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"fp32": ["train.amp=none"], "bf16": ["train.amp=bf16"], "fp16": ["train.amp=fp16"],
          "channels_last": ["train.amp=none", "train.channels_last=true"],
          "bf16+channels_last": ["train.amp=bf16", "train.channels_last=true"]}
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def measure(args: argparse.Namespace, mode: str) -> dict:

@@ -262,3 +262,19 @@ def test_amp_settings_are_checked_and_old_booleans_still_load(tmp_path):
     assert Config.from_dict({"train": {"amp": False}}).train.amp == "none"
     with pytest.raises(ConfigError, match="'none' \\| 'bf16' \\| 'fp16' \\| bool"):
         Config.from_dict({"train": {"amp": "fp8"}})
+
+
+def test_the_loop_reports_where_its_time_went(tmp_path):
+    result = Trainer(Config.from_dict(tiny_config_dict(max_iters=2)), tmp_path / "run", progress=False).train()
+    assert set(result.timings) == {"data", "step", "logging", "validation", "checkpoints"}
+    assert all(seconds >= 0 for seconds in result.timings.values()) and result.timings["step"] > 0
+    shares = result.time_shares()
+    assert shares.startswith(max(result.timings, key=result.timings.get)) and shares.count("%") == 5
+
+
+def test_loader_workers_follow_the_cores_and_the_device():
+    from pspnet.data.loaders import default_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [default_workers(cpu, cores) for cores in (1, 2, 4, 8, 64)] == [0, 0, 1, 2, 4]
+    assert [default_workers(cuda, cores) for cores in (1, 2, 4, 16)] == [1, 1, 3, 8]

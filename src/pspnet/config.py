@@ -165,13 +165,14 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     options: dict[str, Any] = field(default_factory=dict)
     """Format-specific settings (e.g. colour tolerance of the `pairs` format)."""
-    num_workers: int = 2
-    """Loader worker processes (0: load in the training process)."""
+    num_workers: int | None = None
+    """Loader worker processes (0: load in the training process); null: chosen from the cores and the device
+    (`pspnet.data.loaders.default_workers`)."""
     skip_bad: bool = False
     """Skip unreadable samples with a warning instead of stopping the run."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 0, "data.num_workers", "a non-negative int", self.num_workers)
+        _check(self.num_workers is None or self.num_workers >= 0, "data.num_workers", "a non-negative int or null", self.num_workers)
         _check(len(self.mean) == len(self.std) and all(s > 0 for s in self.std), "data.mean/std", "equal-length lists with positive std", (self.mean, self.std))
 
 

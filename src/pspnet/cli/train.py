@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"best checkpoint: {result.best_checkpoint} (val mIoU {100 * result.best_miou:.2f})")
     if result.skipped is not None and result.skipped.count:
         print(result.skipped.summary())
+    if result.timings:
+        print(f"time:            {result.time_shares()}")
     if result.stopped_early:
         print(f"stopped at iteration {result.iteration}; continue with: pspnet train --resume {run_dir}")
         return 128 + result.stop_signal if result.stop_signal else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Iterator
 
@@ -109,10 +110,21 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def default_workers(device: torch.device, cores: int | None = None) -> int:
+    """Loader workers when `data.num_workers` is null. A GPU computes while the CPU cores prepare batches:
+    one core stays with the training process, up to 8 workers. On a CPU the workers would take cores
+    from the step itself, whose threads then wait for each other: none on 2 cores or fewer (the batch is
+    prepared between steps), a quarter of the cores beyond."""
+    cores = cores or os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 0 if cores <= 2 else min(4, cores // 4)
+
+
 def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> dict:
     """Shared loader settings. The loader gets its own generator: drawing worker seeds from the global
     RNG would shift the model's dropout randomness and break exact resume."""
-    workers = data.num_workers
+    workers = data.num_workers if data.num_workers is not None else default_workers(device)
     return {
         "generator": torch.Generator().manual_seed(seed),
         "worker_init_fn": _ignore_interrupts,
