@@ -46,6 +46,8 @@ from pspnet.config import load_config
 from pspnet.data.synthetic import ContextScenes
 from pspnet.models import create_model
 
+from machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "synthetic.yaml"
 REQUEST_TIMEOUT = 120
@@ -193,8 +195,8 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or demo_checkpoint(args.work_dir)
     images = scenes(20, args.size)
-    print(f"{checkpoint.name}, {args.size}x{args.size} PNG scenes, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    print(f"{checkpoint.name}, {args.size}x{args.size} PNG scenes; {cpu_name()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
 
     server = Server(checkpoint, args.work_dir / "server.log")
     load(server.url, images, Run("warm-up", 1), 5, args.time_limit)

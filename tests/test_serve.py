@@ -22,17 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.checkpoint import load_checkpoint
 from pspnet.cli import main
-from pspnet.config import Config
 from pspnet.data.synthetic import ContextScenes
 from pspnet.inference.predict import predict_image
-from pspnet.models import create_model
 
-from conftest import tiny_config_dict
+from conftest import save_tiny_checkpoint
 
 if os.environ.get("CI") != "true":  # CI installs every extra: there a missing FastAPI is a failure
     pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'pspnet[serve]'")
@@ -48,13 +45,7 @@ SIZE = (40, 56)  # height, width of the test scenes
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """An untrained tiny model of the synthetic classes, saved as a native checkpoint."""
-    config = Config.from_dict(tiny_config_dict())
-    torch.manual_seed(0)
-    model = create_model(config, ContextScenes.classes)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, model, config.replace([f"model.num_classes={model.config.num_classes}"]))
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_backend, add_device, add_protocol_flags, add_set, load_for_inference
+from .common import add_inference_options, load_for_inference
 
 log = logging.getLogger("pspnet")
 
@@ -22,13 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
     evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
-    add_set(evaluate)
     evaluate.add_argument("--out", help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
                                         "beside it (default: next to the checkpoint)")
     evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
-    add_device(evaluate)
-    add_backend(evaluate)
-    add_protocol_flags(evaluate)
+    add_inference_options(evaluate)
     evaluate.add_argument("--absent", choices=["exclude", "zero"],
                           help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
                                "Cityscapes) or counted as IoU 0 (semseg)")
@@ -45,10 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                               "X_leftImg8bit.png, for the official evaluator and benchmark submissions")
     predict.add_argument("--skip-existing", action="store_true",
                          help="skip inputs whose outputs are all there (an interrupted image is redone)")
-    add_set(predict)
-    add_device(predict)
-    add_backend(predict)
-    add_protocol_flags(predict)
+    add_inference_options(predict)
     predict.set_defaults(run=run_predict)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_backend, add_device, add_protocol_flags, add_set, load_for_inference, positive_int
+from .common import add_inference_options, load_for_inference, positive_int
 from .evaluate import CHECKPOINT_HELP
 
 
@@ -27,10 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "(default 64)")
     serve.add_argument("--drain-timeout", type=positive_int, default=30, metavar="S",
                        help="seconds that admitted requests get to finish after SIGTERM (default 30)")
-    add_set(serve)
-    add_device(serve)
-    add_backend(serve)
-    add_protocol_flags(serve)
+    add_inference_options(serve)
     serve.set_defaults(run=run_serve)
 
 
