@@ -100,7 +100,7 @@ def test_health_readiness_model_card_metrics_and_page(client, loaded):
     assert card["palette"] == [list(colour) for colour in ContextScenes.classes.palette]
     assert (card["encoder"], card["in_channels"], card["backend"], card["device"]) == ("resnet18_deepstem", 3, "torch", "cpu")
     assert card["protocol"] == "whole image, scales [1], no flip" and card["checkpoint"] == "model.safetensors"
-    assert card["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "queue_size": 64}
+    assert card["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "queue_size": 64, "upload_seconds": 60}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<script>" in page.text and not any(ref in page.text for ref in ('src="http', "href=\"http", "url(http", "@import"))
@@ -215,15 +215,19 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(limited, send, sta
 
 
 def drive(app, body_chunks, headers=()) -> tuple[int, int]:
-    """Send one `POST /v1/segment` straight to the ASGI app; (status, body chunks the app asked for)."""
+    """Send one `POST /v1/segment` straight to the ASGI app; (status, body chunks the app asked for).
+    A chunk `None` is the client going away; `"slow"` one that never comes."""
     asked, status = 0, None
 
     async def receive():
         nonlocal asked
-        if asked >= len(body_chunks):
-            return {"type": "http.disconnect"}
+        chunk = body_chunks[asked] if asked < len(body_chunks) else None
         asked += 1
-        return {"type": "http.request", "body": body_chunks[asked - 1], "more_body": asked < len(body_chunks)}
+        if chunk == "slow":
+            await asyncio.sleep(60)
+        if chunk is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunk, "more_body": asked < len(body_chunks)}
 
     async def send(message):
         nonlocal status
@@ -242,6 +246,13 @@ def test_an_oversized_body_is_not_read_past_the_limit(loaded, checkpoint):
     chunks = [bytes(1000)] * 1000  # 1 MB sent in 1 kB pieces, without a Content-Length
     assert drive(app, chunks) == (413, 11)  # refused at the first byte over the limit
     assert drive(app, chunks, [(b"content-length", b"1000000")]) == (413, 0)  # refused from the header alone
+
+
+def test_slow_and_vanishing_uploads_give_their_place_back(loaded, checkpoint):
+    app = create_app(*loaded, checkpoint, ServeOptions(queue_size=0, upload_seconds=0.2))
+    assert drive(app, [bytes(100), "slow"]) == (408, 2)
+    assert drive(app, [bytes(100), None]) == (400, 2)
+    assert app.state.worker.depth == 0  # both places are free again
 
 
 class GatedModel:

@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..checkpoint.load import backend_name
@@ -59,9 +60,12 @@ class ServeOptions:
     """Largest image (width x height), checked from its header before decoding (413)."""
     queue_size: int = 64
     """Requests that may wait while one is segmented; more are answered 503 with Retry-After."""
+    upload_seconds: float = 60.0
+    """Longest time a client may take to send its upload (408 after it), so that slow senders cannot hold
+    the queue's places."""
 
     def __post_init__(self) -> None:
-        if min(self.max_upload_bytes, self.max_pixels) < 1 or self.queue_size < 0:
+        if min(self.max_upload_bytes, self.max_pixels, self.upload_seconds) <= 0 or self.queue_size < 0:
             raise ConfigError("the upload size (--max-upload-mb) and pixel cap (--max-pixels) must be positive and "
                               f"the queue size (--queue-size) at least 0, got {self}")
 
@@ -164,6 +168,10 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, validation_message(exc))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return error_response(400, "the client closed the connection before its upload was complete")
+
     @app.exception_handler(PSPNetError)
     async def upload_error(request: Request, exc: PSPNetError) -> JSONResponse:
         return error_response(next(status for kind, status in ERROR_STATUS if isinstance(exc, kind)), str(exc))
@@ -209,7 +217,10 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
         except QueueFull as exc:
             return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
         with ticket:
-            data = await read_upload(request, options.max_upload_bytes)
+            try:
+                data = await asyncio.wait_for(read_upload(request, options.max_upload_bytes), options.upload_seconds)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the upload took longer than {options.upload_seconds:g} s") from None
             submitted = time.perf_counter()
 
             def job() -> tuple[Segmentation, float]:
