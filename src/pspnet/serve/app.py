@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Literal
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -66,8 +66,8 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         if min(self.max_upload_bytes, self.max_pixels, self.upload_seconds) <= 0 or self.queue_size < 0:
-            raise ConfigError("the upload size (--max-upload-mb) and pixel cap (--max-pixels) must be positive and "
-                              f"the queue size (--queue-size) at least 0, got {self}")
+            raise ConfigError("the upload size (--max-upload-mb), pixel cap (--max-pixels) and upload time must be "
+                              f"positive and the queue size (--queue-size) at least 0, got {self}")
 
 
 def default_pixel_cap(settings: EvalConfig) -> int:
@@ -124,7 +124,7 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Every error of the API: `{"detail": message}`."""
+    """An error of the API: `{"detail": message}`, the shape of FastAPI's own errors."""
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
@@ -159,10 +159,6 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
     app = FastAPI(title="pspnet", summary="PSPNet semantic segmentation", lifespan=lifespan)
     app.state.worker = worker
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,10 +203,11 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/segment")
-    async def segment(request: Request, format: Literal["json", "png"] = "json", overlay: bool = False) -> Response:
+    async def segment(request: Request, answer: Literal["json", "png"] = Query("json", alias="format"),
+                      overlay: bool = False) -> Response:
         """Segment the uploaded image: JSON (class areas, the label map as a base64 palette PNG, timing) or,
         with `format=png`, the palette PNG whose pixel values are class ids."""
-        if format == "png" and overlay:
+        if answer == "png" and overlay:
             raise HTTPException(400, "overlay=true adds a field to the JSON answer; format=png returns the label map alone")
         try:
             ticket = worker.admit()
@@ -235,7 +232,7 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
                 log.exception("segmentation failed")
                 raise HTTPException(500, f"segmentation failed: {type(exc).__name__}: {exc}") from None
         metrics.inference.observe(result.inference_ms / 1000)
-        if format == "png":
+        if answer == "png":
             return Response(result.label_png, media_type="image/png",
                             headers={"X-Inference-Ms": f"{result.inference_ms:.2f}"})
         return JSONResponse(result.to_json(waited_ms))
