@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from typing import NoReturn
+from pathlib import Path
 
 import pytest
 import torch
 
+from pspnet.checkpoint import save_checkpoint
 from pspnet.config import Config
+from pspnet.data.synthetic import ContextScenes
+from pspnet.models import create_model
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscription when loader workers or other jobs share the cores
 
@@ -46,6 +50,14 @@ def tiny_config_dict(**train) -> dict:
         "train": {"max_iters": 4, "batch_size": 2, "eval_interval": 2, "checkpoint_interval": 2, "log_interval": 1, **train},
         "eval": {"batch_size": 4},
     }
+
+
+def save_tiny_checkpoint(path: Path) -> Path:
+    """An untrained tiny model of the synthetic classes (seed 0), saved at `path` as a native checkpoint."""
+    config = Config.from_dict(tiny_config_dict())
+    torch.manual_seed(0)
+    model = create_model(config, ContextScenes.classes)
+    return save_checkpoint(path, model, config.replace([f"model.num_classes={model.config.num_classes}"]))
 
 
 @pytest.fixture

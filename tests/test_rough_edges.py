@@ -17,27 +17,18 @@ import torch
 import yaml
 from PIL import Image
 
-from pspnet.checkpoint import save_checkpoint
 from pspnet.cli import main
 from pspnet.cli.main import build_parser
-from pspnet.config import Config
 from pspnet.data.synthetic import ContextScenes
 from pspnet.engine import trainer as trainer_module
 from pspnet.engine.progress import progress_bar
-from pspnet.models import create_model
 
-from conftest import tiny_config_dict
+from conftest import save_tiny_checkpoint, tiny_config_dict
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An untrained tiny model of the synthetic classes, saved as a native checkpoint."""
-    config = Config.from_dict(tiny_config_dict())
-    torch.manual_seed(0)
-    model = create_model(config, ContextScenes.classes)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, model, config.replace([f"model.num_classes={model.config.num_classes}"]))
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.safetensors")
 
 
 def scene(index: int = 0, size=(40, 56)) -> Image.Image:

@@ -17,5 +17,13 @@ class DataError(PSPNetError, ValueError):
     """An image or mask that is missing, unreadable, or inconsistent with the dataset's classes."""
 
 
+class ImageTooLargeError(DataError):
+    """An image with more pixels than the cap, refused from its header before any pixel is decoded."""
+
+
+class NotAnImageError(DataError):
+    """Bytes (a file or an upload) in no image format that Pillow recognises."""
+
+
 class ExportError(PSPNetError):
     """A model that cannot be exported, or an exported file that does not reproduce the model (nothing is written)."""

@@ -61,6 +61,13 @@ def load_checkpoint(path: str | Path, backend: str | None = None,
     return (BFloat16Model(model) if backend == "torch-bf16" else model), config, meta
 
 
+def backend_name(model: Model) -> str:
+    """The backend a loaded model runs on: `torch`, `torch-bf16` or `onnxruntime`."""
+    if isinstance(model, OnnxModel):
+        return "onnxruntime"
+    return "torch-bf16" if isinstance(model, BFloat16Model) else "torch"
+
+
 def load_model(path: str | Path, backend: str | None = None, threads: int | None = None) -> Model:
     """An eval-mode model from a checkpoint or ONNX file; `model(x)` gives logits (N, K, H, W) at the
     input size and `model.predict(image)` a label map. See `load_checkpoint` for `backend` and `threads`."""

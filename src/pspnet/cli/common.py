@@ -30,7 +30,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
-    """`--backend` and `--threads` of evaluate and predict."""
+    """`--backend` and `--threads` of the commands that run a model (evaluate, predict, serve)."""
     parser.add_argument("--backend", choices=["torch", "torch-bf16"],
                         help="how a PyTorch checkpoint runs: torch (eager fp32, default) or torch-bf16 (bf16 weights "
                              "and activations: AVX-512 BF16/AMX CPUs, GPUs); .onnx files always run on onnxruntime")
@@ -47,7 +47,7 @@ def positive_int(text: str) -> int:
 
 
 def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
-    """Inference protocol flags of evaluate and predict: shorthands for `--set eval.*` (see docs/evaluation.md)."""
+    """Inference protocol flags of evaluate, predict and serve: shorthands for `--set eval.*` (see docs/evaluation.md)."""
     group = parser.add_argument_group("inference protocol (shorthands for --set eval.KEY=VALUE)")
     group.add_argument("--protocol", metavar="PRESET", choices=list(EvalConfig.PROTOCOLS),
                        help=f"preset; the flags below change parts of it: {', '.join(EvalConfig.PROTOCOLS)}")
@@ -62,6 +62,14 @@ def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-pixels", type=int, metavar="N",
                        help="refuse larger images, from the file header (default: 8 M whole image, 100 M sliding "
                             "window at one scale, 40 M when resizing)")
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """`--set`, `--device`, `--backend`, `--threads` and the protocol flags: what `load_for_inference` reads."""
+    add_set(parser)
+    add_device(parser)
+    add_backend(parser)
+    add_protocol_flags(parser)
 
 
 def _square(value: list[int] | None) -> list[int] | None:

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .common import add_backend, add_device, add_protocol_flags, add_set, load_for_inference
+from .common import add_inference_options, load_for_inference
 
 CHECKPOINT_HELP = ("a .safetensors checkpoint (semseg and mmseg .pth files too), an .onnx file from `pspnet export`, "
                    "or a run directory (its best, else last, checkpoint)")
@@ -19,15 +19,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
     evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
-    add_set(evaluate)
     evaluate.add_argument("--out", help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
                                         "beside it (default: next to the checkpoint)")
     evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
     evaluate.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report: the evaluation, "
                           "sample predictions (worst images first) and, for a checkpoint of a run directory, the run")
-    add_device(evaluate)
-    add_backend(evaluate)
-    add_protocol_flags(evaluate)
+    add_inference_options(evaluate)
     evaluate.add_argument("--absent", choices=["exclude", "zero"],
                           help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
                                "Cityscapes) or counted as IoU 0 (semseg)")
@@ -56,10 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          help="quality of overlay videos: x264's constant rate factor, 0 (lossless) to 51 (default 18)")
     predict.add_argument("--video-labels", action="store_true",
                          help="also write each video frame's label map: NAME.labels/NNNNNN.png")
-    add_set(predict)
-    add_device(predict)
-    add_backend(predict)
-    add_protocol_flags(predict)
+    add_inference_options(predict)
     predict.set_defaults(run=run_predict)
 
 

@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, export, info, report, train
+from . import data, evaluate, export, info, report, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(sub)
     export.add_parser(sub)
     report.add_parser(sub)
+    serve.add_parser(sub)
     data.add_parser(sub)
     info.add_parsers(sub)
     return parser

@@ -1,13 +1,14 @@
 """One image reader for files, PIL images and arrays, for models of any input channel count.
 
 `read_image(source, channels)` returns an HxWxC uint8 array: C = 1 (grey), 3 (RGB) or 4 (RGBA)
-for files and PIL images, any C for arrays. Sizes are checked from the file header before any
-pixel is decoded (`max_pixels`; decompression bombs are refused), 16-bit images are scaled to 8
-bits (not clipped), CMYK and palette images are converted. `read_label` reads a mask as stored.
+for files, encoded bytes (uploads) and PIL images, any C for arrays. Sizes are checked from the
+header before any pixel is decoded (`max_pixels`; decompression bombs are refused), 16-bit images
+are scaled to 8 bits (not clipped), CMYK and palette images are converted. `read_label` reads a mask as stored.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, ImageTooLargeError, NotAnImageError
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 """PIL mode that files and PIL images are converted to, by the model's input channel count."""
@@ -36,31 +37,37 @@ def _check_size(image: Image.Image, max_pixels: int | None, name: str) -> None:
     limit = DECODE_LIMIT if max_pixels is None else min(max_pixels, DECODE_LIMIT)
     if width * height > limit:
         setting = "" if max_pixels is None else " (eval.max_pixels / --max-pixels)"
-        raise DataError(f"image {name} is {describe_size(width, height)}, more than the cap of "
-                        f"{limit / 1e6:.1f} M pixels{setting}; refused before decoding")
+        raise ImageTooLargeError(f"image {name} is {describe_size(width, height)}, more than the cap of "
+                                 f"{limit / 1e6:.1f} M pixels{setting}; refused before decoding")
 
 
-def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """A decoded PIL image; DataError naming the file when it is missing, too large (checked from its
-    header, before decoding) or cannot be decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
+def open_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """A decoded PIL image of a file or of an encoded image's bytes (an upload); DataError naming it when
+    it is missing or empty, too large (ImageTooLargeError, checked from its header, before decoding), in no
+    format Pillow recognises (NotAnImageError) or cannot be decoded (e.g. truncated)."""
+    if isinstance(source, bytes):
+        if not source:
+            raise DataError("empty upload: no image bytes")
+        name, stream = "(upload)", io.BytesIO(source)
+    else:
+        name, stream = str(source), Path(source)
+        if not stream.is_file():
+            raise DataError(f"image not found: {name}")
     try:
         with warnings.catch_warnings():  # our own cap below is the check; PIL's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)  # reads the header only
+            image = Image.open(stream)  # reads the header only
     except Image.DecompressionBombError as exc:
-        raise DataError(f"image {path} refused before decoding: {exc}") from None
+        raise ImageTooLargeError(f"image {name} refused before decoding: {exc}") from None
     except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path}: not an image format Pillow recognises") from None
+        raise NotAnImageError(f"cannot read image {name}: not an image format Pillow recognises") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-    _check_size(image, max_pixels, str(path))
+        raise DataError(f"cannot read image {name}: {exc}") from None
+    _check_size(image, max_pixels, name)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {name}: {exc}") from None
     return image
 
 
@@ -90,13 +97,14 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def read_image(source: Any, channels: int = 3, max_pixels: int | None = None, exif: bool = False) -> np.ndarray:
-    """HxWxC uint8 array of a path, a PIL image or an array (HxW for one channel, or HxWxC).
+    """HxWxC uint8 array of a path, encoded image bytes, a PIL image or an array (HxW for one channel, or HxWxC).
 
     `max_pixels` caps the size (checked from the header for files); `exif` applies the EXIF
     orientation of photos (use it for inference inputs, not for dataset images whose masks have none).
     """
-    name = str(source) if isinstance(source, (str, Path)) else "(in memory)"
-    if isinstance(source, (str, Path)):
+    name = "(in memory)"
+    if isinstance(source, (str, Path, bytes)):
+        name = "(upload)" if isinstance(source, bytes) else str(source)
         source = open_image(source, max_pixels)
     if isinstance(source, Image.Image):
         _check_size(source, max_pixels, name)
