@@ -260,8 +260,22 @@ def test_amp_settings_are_checked_and_old_booleans_still_load(tmp_path):
         Trainer(Config.from_dict(tiny_config_dict()).replace(["train.amp=fp16", "train.device=cpu"]), tmp_path / "r", progress=False)
     assert Config.from_dict({"train": {"amp": True}}).train.amp == "bf16"
     assert Config.from_dict({"train": {"amp": False}}).train.amp == "none"
-    with pytest.raises(ConfigError, match="'none' \\| 'bf16' \\| 'fp16' \\| bool"):
+    with pytest.raises(ConfigError, match="'none' \\| 'bf16' \\| 'fp16' \\| 'auto' \\| bool"):
         Config.from_dict({"train": {"amp": "fp8"}})
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_where_the_cpu_computes_in_it(tmp_path, monkeypatch, native):
+    """`auto` must not pick bf16 on a CPU that only emulates it (slower than fp32); the step then runs in it."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    trainer = Trainer(Config.from_dict(tiny_config_dict()).replace(["train.amp=auto", "train.device=cpu", "train.max_iters=1"]),
+                      tmp_path / "run", progress=False)
+    assert trainer.amp == ("bf16" if native else "none")
+    seen = []
+    trainer.model.decode_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    trainer.train()
+    assert seen[0] == (torch.bfloat16 if native else torch.float32)
 
 
 def test_the_loop_reports_where_its_time_went(tmp_path):

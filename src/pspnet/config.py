@@ -208,9 +208,11 @@ class TrainConfig:
     """Seed of the weights' initialisation, the data order and the augmentation."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N; each process of a torchrun job uses its local rank's GPU."""
-    amp: Literal["none", "bf16", "fp16"] | bool = "none"
-    """Mixed precision: `none` (fp32), `bf16` (autocast on CPU and CUDA) or `fp16` (autocast with a gradient
-    scaler, CUDA only). The booleans of older configs mean none (false) and bf16 (true)."""
+    amp: Literal["none", "bf16", "fp16", "auto"] | bool = "none"
+    """Mixed precision: `none` (fp32), `bf16` (autocast on CPU and CUDA), `fp16` (autocast with a gradient
+    scaler, CUDA only) or `auto`: bf16 where the hardware computes in it natively (CUDA with bf16 support,
+    CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, fp32 on other CPUs (where bf16 is emulated and slower).
+    The booleans of older configs mean none (false) and bf16 (true)."""
     channels_last: bool = False
     """Train with NHWC memory format (often faster on GPUs with tensor cores; measure on a CPU)."""
     sync_bn: bool | None = None

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = ["--set", *args.overrides] if args.overrides else []
+    config_path = Path(args.config).resolve()
+    if config_path.is_relative_to(Path.cwd()):  # shorter commands, and no machine paths in run.json or the report
+        args.config = str(config_path.relative_to(Path.cwd()))
     out = Path(args.out)
     resume = ["--resume"] if (out / "checkpoints" / "last.resume.pt").exists() else []
 

@@ -1,4 +1,5 @@
-"""Choosing the torch device from a config string (`auto`, `cpu`, `cuda`, `cuda:1`, ...)."""
+"""Choosing the torch device from a config string (`auto`, `cpu`, `cuda`, `cuda:1`, ...) and the precision
+that `train.amp: auto` means on it."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device '{name}' is not supported; expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matrix products in hardware (on other CPUs bf16 is emulated, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision `train.amp` means on `device`: `auto` becomes bf16, fp16 (older GPUs) or none."""
+    if amp != "auto":
+        return amp
+    if native_bf16(device):
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "none"

@@ -32,7 +32,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
 from ..models import create_model
-from .device import resolve_device
+from .device import resolve_amp, resolve_device
 from .distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
 from .environment import command_line, hardware, software
 from .evaluator import ImageScores, Validation, evaluate
@@ -146,7 +146,10 @@ class Trainer:
     def _build(self, config: Config, init_weights: bool) -> None:
         train = config.train
         self.device = self.dist.device if self.dist.active else resolve_device(train.device)
-        if train.amp == "fp16" and self.device.type != "cuda":
+        self.amp = resolve_amp(train.amp, self.device)
+        if train.amp == "auto":
+            log.info("train.amp auto: %s on %s", self.amp, self.device)
+        if self.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp: fp16 needs a CUDA device (its gradient scaler); use bf16 on the CPU")
         self.sync_bn = train.sync_bn if train.sync_bn is not None else self.dist.active
         self.local_batch = split_batch(train.batch_size, self.dist, self.sync_bn)
@@ -163,7 +166,7 @@ class Trainer:
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = build_optimizer(self.model, config)
-        self.scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.criterion = PSPLoss(aux_weight=train.aux_weight, cls_weight=train.cls_weight)
 
     def _distribute(self) -> torch.nn.Module:
@@ -366,7 +369,7 @@ class Trainer:
             pixels = all_reduce_sum(self.dist, (masks != IGNORE_INDEX).sum().double()) / self.dist.world_size
         # dropout draws from a seed of (run seed, iteration, rank): resumable at any iteration, any world size
         torch.manual_seed((train.seed * 1_000_003 + self.iteration) * 4096 + self.dist.rank)
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(train.amp, torch.bfloat16), enabled=train.amp != "none"):
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.amp, torch.bfloat16), enabled=self.amp != "none"):
             outputs = self.network(images)
         losses = self.criterion({k: v.float() for k, v in outputs.items()}, masks, pixels)
         self.optimizer.zero_grad(set_to_none=True)
