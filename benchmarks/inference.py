@@ -5,7 +5,7 @@ Two models:
   (latency only: argmax agreement on random weights says little);
 - the demo model (`configs/synthetic.yaml`, ResNet-18) trained on the built-in data, on its 100
   validation scenes: latency per 96x96 image, argmax agreement with eager fp32 and mIoU. Without
-  `--checkpoint` the script trains it first (about 5 minutes on 2 cores; reused on later runs).
+  `--checkpoint` the script trains it first (about 2.5 minutes on 2 cores; reused on later runs).
 
 For each backend: median latency, GFLOP/s, speed-up over eager fp32, latency over the matmul floor
 (FLOPs / this machine's matmul peak at that precision), model file size and peak RSS (each in a
