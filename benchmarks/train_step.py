@@ -43,8 +43,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     overrides = [*MODES[mode], f"train.batch_size={args.batch}", f"data.augment.crop_size={list(args.crop)}",
                  f"train.device={args.device}", "model.encoder_weights=null", "data.num_workers=0", *args.overrides]
     config = load_config(args.config, overrides)
-    context = distributed.setup(config.train.device)
-    with tempfile.TemporaryDirectory() as run_dir:
+    with distributed.session(config.train.device) as context, tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir) / "run", progress=False, distributed=context)
         local = config.train.batch_size // context.world_size
         generator = torch.Generator().manual_seed(context.rank)
@@ -62,8 +61,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
             if step >= 2:
                 times.append(time.perf_counter() - start)
         times = distributed.gather(context, statistics.median(times))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and args.device != "cpu" else None
-    distributed.teardown()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and args.device != "cpu" else None
     return {"mode": mode, "processes": context.world_size, "images_per_s": config.train.batch_size / max(times),
             "step_s": max(times), "peak_gpu_gib": peak}
 

@@ -60,11 +60,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..engine import distributed  # heavy (torch): only when the command runs
 
-    context = distributed.setup(args.device)
-    try:
+    with distributed.session(args.device) as context:
         return _evaluate(args, context)
-    finally:
-        distributed.teardown()
 
 
 def _evaluate(args: argparse.Namespace, context) -> int:
@@ -129,15 +126,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..engine.predict import OutputOptions, predict_files
     from ..engine.video import VideoOptions
 
-    context = distributed.setup(args.device)
-    try:
+    with distributed.session(args.device) as context:
         model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
         options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
         report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
                                output_format=args.output_format, skip_existing=args.skip_existing, options=options,
                                distributed=context)
-    finally:
-        distributed.teardown()
     if not context.is_main:
         return 1 if report.failed else 0
     written = len(report.written)

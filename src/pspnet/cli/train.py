@@ -84,13 +84,10 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and not Path(config_path).is_file():
         raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
     config = load_config(config_path, args.overrides)
-    context = distributed.setup(config.train.device)
-    try:
+    with distributed.session(config.train.device) as context:
         trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, distributed=context,
                           command=command_line(["pspnet", *args.argv]))
         result = trainer.train()
-    finally:
-        distributed.teardown()
     if not context.is_main:
         return 128 + result.stop_signal if result.stop_signal else 0
     if result.metrics is not None:

@@ -9,10 +9,11 @@ with the same error instead of waiting for the others; the process group's timeo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -65,7 +66,23 @@ def setup(device_name: str) -> Distributed:
     return Distributed(rank, world_size, local_rank, device)
 
 
-def teardown() -> None:
+@contextlib.contextmanager
+def session(device_name: str) -> Iterator[Distributed]:
+    """`setup()` for the block, then leave the process group. After a block that ended normally the
+    processes first wait for each other, so that none closes its connections while another is still
+    communicating (gloo can abort a process then); after an error each leaves at once."""
+    context = setup(device_name)
+    try:
+        yield context
+    except BaseException:
+        _leave()
+        raise
+    if context.active:
+        dist.barrier()
+    _leave()
+
+
+def _leave() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
