@@ -1,10 +1,11 @@
 """Running on several processes and machines with PyTorch's own engine: torchrun + DistributedDataParallel.
 
 A process started by `torchrun` finds RANK, WORLD_SIZE and LOCAL_RANK in its environment;
-`setup()` joins the process group (NCCL on CUDA, gloo on the CPU) and gives every command a
-`Distributed` context. Without torchrun the context is a single process and nothing here
-communicates. A failure on one rank is shared with all (`agree`, `check_all`), so every rank stops
-with the same error instead of waiting for the others; the process group's timeout bounds any wait.
+`session()` joins the process group (NCCL on CUDA, gloo on the CPU) for the length of a command,
+gives it a `Distributed` context, and leaves the group with the other processes. Without torchrun
+the context is a single process and nothing here communicates. A failure on one rank is shared
+with all (`agree`, `check_all`), so every rank stops with the same error instead of waiting for the
+others; the process group's timeout bounds any wait.
 """
 
 from __future__ import annotations
