@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("PSPNET_DIST_TIMEOUT", "600")))
 """How long a collective may wait for the other processes (env PSPNET_DIST_TIMEOUT, seconds)."""
+LEAVE_TIMEOUT = datetime.timedelta(seconds=30)
+"""How long a process that failed waits for the others before it leaves the process group."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,17 @@ def setup(device_name: str) -> Distributed:
 
 @contextlib.contextmanager
 def session(device_name: str) -> Iterator[Distributed]:
-    """`setup()` for the block, then leave the process group. After a block that ended normally the
-    processes first wait for each other, so that none closes its connections while another is still
-    communicating (gloo can abort a process then); after an error each leaves at once."""
+    """`setup()` for the block, then leave the process group. The processes first wait for each other,
+    so that none closes its connections while another is still communicating (gloo can abort a process
+    then). After an error (which `agree`/`check_all` share, so all ranks usually leave together) the wait
+    is bounded: a gloo barrier that gives up after LEAVE_TIMEOUT, none on NCCL."""
     context = setup(device_name)
     try:
         yield context
     except BaseException:
+        if context.active and dist.get_backend() == "gloo":
+            with contextlib.suppress(RuntimeError):
+                dist.monitored_barrier(timeout=LEAVE_TIMEOUT)
         _leave()
         raise
     if context.active:
