@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pspnet.config import load_config
 from pspnet.data.synthetic import CONTEXT_CASES
-from pspnet.engine.trainer import Trainer
+from pspnet.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,11 @@ def train_and_evaluate(config, run_dir: Path) -> tuple[dict[str, float], float, 
     result = trainer.train()  # validates once, at the end
     seconds = time.perf_counter() - start
     names = trainer.classes.names
-    return {name: 100 * float(result.metrics.iou[i]) for i, name in enumerate(names)}, 100 * result.metrics.miou, seconds
+    return (
+        {name: 100 * float(result.metrics.iou[i]) for i, name in enumerate(names)},
+        100 * result.metrics.miou,
+        seconds,
+    )
 
 
 def main() -> None:
@@ -47,8 +51,15 @@ def main() -> None:
 
     overrides = [f"train.max_iters={args.iters}"] if args.iters else []
     if args.size:
-        overrides += [f"data.synthetic.image_size=[{args.size}, {args.size}]", f"data.augment.crop_size=[{args.size}, {args.size}]"]
-    overrides += [*args.overrides, "train.eval_interval=1000000", "train.checkpoint_interval=1000000"]  # evaluate once, at the end
+        overrides += [
+            f"data.synthetic.image_size=[{args.size}, {args.size}]",
+            f"data.augment.crop_size=[{args.size}, {args.size}]",
+        ]
+    overrides += [
+        *args.overrides,
+        "train.eval_interval=1000000",
+        "train.checkpoint_interval=1000000",
+    ]  # evaluate once, at the end
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, use_ppm in (("PSPNet (PPM)", True), ("dilated FCN (no PPM)", False)):

@@ -55,8 +55,13 @@ def main() -> None:
     warmup = 3
     dataset = SegmentationDataset(SyntheticSource(warmup + args.samples, *args.size), transform)
     keys = [(index, index) for index in range(len(dataset))]  # (index, seed): the training stream's keys
-    loader = DataLoader(dataset, sampler=keys, batch_size=None, num_workers=args.workers,
-                        worker_init_fn=lambda _: torch.set_num_threads(args.threads))
+    loader = DataLoader(
+        dataset,
+        sampler=keys,
+        batch_size=None,
+        num_workers=args.workers,
+        worker_init_fn=lambda _: torch.set_num_threads(args.threads),
+    )
 
     batches = iter(loader)
     for _ in range(warmup):
@@ -67,9 +72,13 @@ def main() -> None:
         next(batches)
     elapsed = time.perf_counter() - start
 
-    print(f"training transform, {args.size[0]}x{args.size[1]} -> {args.crop}x{args.crop} crops, "
-          f"workers={args.workers}, threads={args.threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    print(f"{args.samples / elapsed:.2f} samples/s ({1000 * elapsed / args.samples:.0f} ms/sample over {args.samples} samples)")
+    print(
+        f"training transform, {args.size[0]}x{args.size[1]} -> {args.crop}x{args.crop} crops, "
+        f"workers={args.workers}, threads={args.threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{args.samples / elapsed:.2f} samples/s ({1000 * elapsed / args.samples:.0f} ms/sample over {args.samples} samples)"
+    )
 
 
 if __name__ == "__main__":

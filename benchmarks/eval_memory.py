@@ -22,19 +22,23 @@ import sys
 import time
 
 import torch
+from machine import cpu_name, peak_rss_mb
 
 from pspnet import PSPNet
 from pspnet.config import EvalConfig
 from pspnet.inference.protocol import Inferencer, scaled_size, window_grid
 
-from machine import cpu_name, peak_rss_mb
-
 
 def settings_for(case: str, args: argparse.Namespace) -> EvalConfig:
     if case == "slide":
         # base size = the image's long side: semseg's 2048 for a Cityscapes image, no resizing for a smaller --size
-        return EvalConfig(protocol="semseg-cityscapes", base_size=max(args.size), scales=args.scales, flip=args.flip,
-                          window_batch=args.window_batch)
+        return EvalConfig(
+            protocol="semseg-cityscapes",
+            base_size=max(args.size),
+            scales=args.scales,
+            flip=args.flip,
+            window_batch=args.window_batch,
+        )
     return EvalConfig(mode="whole", scales=args.scales, flip=args.flip)
 
 
@@ -58,8 +62,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     probs = Inferencer(model, settings).probabilities(image)
     seconds = time.perf_counter() - start
     assert probs.shape == (1, 19, *args.size)
-    return {"case": case, "inputs": window_count(settings, *args.size), "seconds": seconds,
-            "baseline_mib": baseline, "peak_mib": peak_rss_mb()}
+    return {
+        "case": case,
+        "inputs": window_count(settings, *args.size),
+        "seconds": seconds,
+        "baseline_mib": baseline,
+        "peak_mib": peak_rss_mb(),
+    }
 
 
 def main() -> None:
@@ -78,19 +87,35 @@ def main() -> None:
         return
 
     network = "PSPNet-50" if args.model == "pspnet50" else "a 1x1 convolution (protocol overhead only)"
-    print(f"{network}, 19 classes, one {args.size[0]}x{args.size[1]} image, scales {args.scales}, "
-          f"flip={args.flip}, window_batch={args.window_batch}, threads={args.threads}, torch {torch.__version__}, "
-          f"{cpu_name()}")
-    options = ["--size", *map(str, args.size), "--scales", *map(str, args.scales), "--flip" if args.flip else "--no-flip",
-               "--window-batch", str(args.window_batch), "--threads", str(args.threads), "--model", args.model]
+    print(
+        f"{network}, 19 classes, one {args.size[0]}x{args.size[1]} image, scales {args.scales}, "
+        f"flip={args.flip}, window_batch={args.window_batch}, threads={args.threads}, torch {torch.__version__}, "
+        f"{cpu_name()}"
+    )
+    options = [
+        "--size",
+        *map(str, args.size),
+        "--scales",
+        *map(str, args.scales),
+        "--flip" if args.flip else "--no-flip",
+        "--window-batch",
+        str(args.window_batch),
+        "--threads",
+        str(args.threads),
+        "--model",
+        args.model,
+    ]
     for case in args.cases:
-        output = subprocess.run([sys.executable, __file__, *options, "--child", case], check=True,
-                                capture_output=True, text=True).stdout
+        output = subprocess.run(
+            [sys.executable, __file__, *options, "--child", case], check=True, capture_output=True, text=True
+        ).stdout
         result = json.loads(output.splitlines()[-1])
         protocol = "semseg-cityscapes" if case == "slide" else "whole image"
-        print(f"{case:5s} ({protocol}): {result['inputs']} windows/images{' x2 (flip)' if args.flip else ''}, "
-              f"{result['seconds']:.0f} s, peak RSS {result['peak_mib'] / 1024:.2f} GiB "
-              f"(baseline {result['baseline_mib'] / 1024:.2f} GiB, inference +{(result['peak_mib'] - result['baseline_mib']) / 1024:.2f} GiB)")
+        print(
+            f"{case:5s} ({protocol}): {result['inputs']} windows/images{' x2 (flip)' if args.flip else ''}, "
+            f"{result['seconds']:.0f} s, peak RSS {result['peak_mib'] / 1024:.2f} GiB "
+            f"(baseline {result['baseline_mib'] / 1024:.2f} GiB, inference +{(result['peak_mib'] - result['baseline_mib']) / 1024:.2f} GiB)"
+        )
 
 
 if __name__ == "__main__":

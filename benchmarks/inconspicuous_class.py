@@ -46,8 +46,16 @@ def scene_regions(source) -> list[dict]:
         pillow = sample.mask == synthetic.PILLOW
         fold = (lift > 0.5) & (sample.mask == synthetic.BED)
         sheet = plain.astype(np.float64) @ LUMA
-        scenes.append({"image": sample.image, "mask": sample.mask, "pillow": pillow, "fold": fold,
-                       "signal": lift[pillow].mean(), "noise": sheet[pillow].std()})
+        scenes.append(
+            {
+                "image": sample.image,
+                "mask": sample.mask,
+                "pillow": pillow,
+                "fold": fold,
+                "signal": lift[pillow].mean(),
+                "noise": sheet[pillow].std(),
+            }
+        )
     return scenes
 
 
@@ -56,12 +64,16 @@ def describe_signal(scenes: list[dict], total_pixels: int) -> None:
     noise = np.array([s["noise"] for s in scenes])
     areas = np.array([s["pillow"].sum() for s in scenes])
     ratio = signal / noise
-    print(f"bedroom scenes: {len(scenes)}; pillow area: median {np.median(areas):.0f} px "
-          f"(range {areas.min()}-{areas.max()}), {100 * areas.sum() / total_pixels:.2f}% of all pixels")
-    print(f"pillow brightening (luma): {signal.mean():.2f} grey levels (range {signal.min():.2f}-{signal.max():.2f}); "
-          f"sheet noise under it: std {noise.mean():.2f}; per-pixel signal/noise {ratio.mean():.2f} "
-          f"(range {ratio.min():.2f}-{ratio.max():.2f}); over the median area's mean: "
-          f"{ratio.mean() * np.sqrt(np.median(areas)):.1f}")
+    print(
+        f"bedroom scenes: {len(scenes)}; pillow area: median {np.median(areas):.0f} px "
+        f"(range {areas.min()}-{areas.max()}), {100 * areas.sum() / total_pixels:.2f}% of all pixels"
+    )
+    print(
+        f"pillow brightening (luma): {signal.mean():.2f} grey levels (range {signal.min():.2f}-{signal.max():.2f}); "
+        f"sheet noise under it: std {noise.mean():.2f}; per-pixel signal/noise {ratio.mean():.2f} "
+        f"(range {ratio.min():.2f}-{ratio.max():.2f}); over the median area's mean: "
+        f"{ratio.mean() * np.sqrt(np.median(areas)):.1f}"
+    )
     print("the folded sheet at the foot gets the same brightening: the two ends differ only by the blanket's hem")
 
 
@@ -85,12 +97,18 @@ def describe_errors(checkpoint: str, scenes: list[dict]) -> None:
         ends["both" if head and foot else "the pillow only" if head else "the fold only" if foot else "neither"] += 1
     iou = found / (pillow_total + predicted_pillow - found)
     print(f"\n{checkpoint}: pillow IoU over these scenes {100 * iou:.1f}")
-    print(f"  pillow pixels labelled pillow {100 * found / pillow_total:.1f}%, labelled bed {100 * missed_as_bed / pillow_total:.1f}%")
-    print(f"  fold pixels labelled pillow {100 * fold_as_pillow / fold_total:.1f}%; of the pixels labelled pillow, "
-          f"{100 * fold_as_pillow / max(predicted_pillow, 1):.1f}% lie on the fold and "
-          f"{100 * (false_pillow - fold_as_pillow) / max(predicted_pillow, 1):.1f}% elsewhere off the pillow")
-    print("  bedrooms by what the model marks as pillow (over a quarter of the patch): "
-          + ", ".join(f"{name} {count}" for name, count in ends.items()))
+    print(
+        f"  pillow pixels labelled pillow {100 * found / pillow_total:.1f}%, labelled bed {100 * missed_as_bed / pillow_total:.1f}%"
+    )
+    print(
+        f"  fold pixels labelled pillow {100 * fold_as_pillow / fold_total:.1f}%; of the pixels labelled pillow, "
+        f"{100 * fold_as_pillow / max(predicted_pillow, 1):.1f}% lie on the fold and "
+        f"{100 * (false_pillow - fold_as_pillow) / max(predicted_pillow, 1):.1f}% elsewhere off the pillow"
+    )
+    print(
+        "  bedrooms by what the model marks as pillow (over a quarter of the patch): "
+        + ", ".join(f"{name} {count}" for name, count in ends.items())
+    )
 
 
 def main() -> None:

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import onnxruntime
 import torch
+from machine import cpu_name, peak_rss_mb
 from torch.utils.flop_counter import FlopCounterMode
 
 from pspnet import load_model
@@ -43,8 +42,6 @@ from pspnet.deploy.export import export_model
 from pspnet.metrics import ConfusionMatrix
 from pspnet.models import PSPNet
 from pspnet.models.ppm import AdaptiveAvgPool
-
-from machine import cpu_name, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "synthetic.yaml"
@@ -104,8 +101,9 @@ def interleaved_medians(tasks: dict[str, Callable[[], object]], runs: int, warmu
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def measure(backends: list[Backend], inputs: list[torch.Tensor], runs: int,
-            warmup: int) -> tuple[dict[str, float], dict[str, float]]:
+def measure(
+    backends: list[Backend], inputs: list[torch.Tensor], runs: int, warmup: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per input of each backend, and the matmul peak (GFLOP/s) of each precision, measured
     in the same interleaved runs."""
     tasks = {backend.name: (lambda model=backend.model: [model(x) for x in inputs]) for backend in backends}
@@ -139,8 +137,9 @@ def run_probe(path: str, backend: str, height: str, width: str) -> None:
     print(f"{peak_rss_mb():.0f}")
 
 
-def build_backends(checkpoint: Path, work: Path, size: tuple[int, int], calibration: Config,
-                   calibration_images: int) -> list[Backend]:
+def build_backends(
+    checkpoint: Path, work: Path, size: tuple[int, int], calibration: Config, calibration_images: int
+) -> list[Backend]:
     """The five rows: eager fp32 (and with the old pooling), bf16, onnxruntime fp32 and int8 (both exported and
     verified here)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -148,30 +147,56 @@ def build_backends(checkpoint: Path, work: Path, size: tuple[int, int], calibrat
     onnx_path, int8_path = work / "model.onnx", work / "model-int8.onnx"
     start = time.perf_counter()
     report = export_model(checkpoint, onnx_path, "onnx", size=size)
-    print(f"  onnx export + verification: {time.perf_counter() - start:.0f} s; worst relative L2 "
-          f"{max(check.relative_l2 for check in report.checks):.1e} over {len(report.checks)} sizes")
+    print(
+        f"  onnx export + verification: {time.perf_counter() - start:.0f} s; worst relative L2 "
+        f"{max(check.relative_l2 for check in report.checks):.1e} over {len(report.checks)} sizes"
+    )
     start = time.perf_counter()
-    report = export_model(checkpoint, int8_path, "onnx-int8", size=size, calibration=calibration,
-                          calibration_images=calibration_images, min_agreement=0.0)
-    print(f"  int8 export: {time.perf_counter() - start:.0f} s in all, calibration + quantization "
-          f"{report.calibration_seconds:.1f} s on {report.calibration_images} images; agreement with PyTorch on "
-          f"held-out images {100 * report.agreement:.2f}%")
+    report = export_model(
+        checkpoint,
+        int8_path,
+        "onnx-int8",
+        size=size,
+        calibration=calibration,
+        calibration_images=calibration_images,
+        min_agreement=0.0,
+    )
+    print(
+        f"  int8 export: {time.perf_counter() - start:.0f} s in all, calibration + quantization "
+        f"{report.calibration_seconds:.1f} s on {report.calibration_images} images; agreement with PyTorch on "
+        f"held-out images {100 * report.agreement:.2f}%"
+    )
     return [
         Backend("eager fp32", fp32, "fp32", checkpoint, (str(checkpoint), "torch")),
         Backend("eager fp32, nn.AdaptiveAvgPool2d", with_library_pooling(fp32), "fp32", checkpoint),
-        Backend("torch-bf16", load_model(checkpoint, backend="torch-bf16"), "bf16", checkpoint,
-                (str(checkpoint), "torch-bf16")),
+        Backend(
+            "torch-bf16",
+            load_model(checkpoint, backend="torch-bf16"),
+            "bf16",
+            checkpoint,
+            (str(checkpoint), "torch-bf16"),
+        ),
         Backend("onnxruntime fp32", load_model(onnx_path), "fp32", onnx_path, (str(onnx_path), "-")),
         Backend("onnxruntime int8", load_model(int8_path), "int8", int8_path, (str(int8_path), "-")),
     ]
 
 
-def print_table(title: str, backends: list[Backend], latency: dict[str, float], flops: float, peaks: dict[str, float],
-                size: tuple[int, int], threads: int, quality: dict[str, tuple[float, float]] | None = None) -> None:
+def print_table(
+    title: str,
+    backends: list[Backend],
+    latency: dict[str, float],
+    flops: float,
+    peaks: dict[str, float],
+    size: tuple[int, int],
+    threads: int,
+    quality: dict[str, tuple[float, float]] | None = None,
+) -> None:
     """One row per backend; `quality` maps a backend to (argmax agreement with eager fp32, mIoU)."""
-    print(f"\n{title}: {flops / 1e9:.1f} GFLOP per image; matmul peak ({PEAK_SIZE}^3 products, same runs): fp32 "
-          f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x), "
-          f"int8 {peaks['int8']:.0f} GOP/s ({peaks['int8'] / peaks['fp32']:.2f}x)")
+    print(
+        f"\n{title}: {flops / 1e9:.1f} GFLOP per image; matmul peak ({PEAK_SIZE}^3 products, same runs): fp32 "
+        f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x), "
+        f"int8 {peaks['int8']:.0f} GOP/s ({peaks['int8'] / peaks['fp32']:.2f}x)"
+    )
     header = f"{'backend':<34}{'latency':>10}{'GFLOP/s':>9}{'speed-up':>9}{'/ floor':>8}{'file MB':>9}{'peak RSS':>10}"
     if quality:
         header += f"{'agreement':>11}{'mIoU':>7}"
@@ -182,8 +207,10 @@ def print_table(title: str, backends: list[Backend], latency: dict[str, float], 
         floor = flops / (peaks[backend.precision] * 1e9)
         rss = probe_rss(backend.load, size, threads)
         size_mb = backend.file.stat().st_size / 1e6 if backend.file else float("nan")
-        row = (f"{backend.name:<34}{seconds * 1000:>7.1f} ms{flops / seconds / 1e9:>9.1f}{base / seconds:>8.2f}x"
-               f"{seconds / floor:>7.2f}x{size_mb:>9.1f}{'-' if rss is None else f'{rss:.0f} MB':>10}")
+        row = (
+            f"{backend.name:<34}{seconds * 1000:>7.1f} ms{flops / seconds / 1e9:>9.1f}{base / seconds:>8.2f}x"
+            f"{seconds / floor:>7.2f}x{size_mb:>9.1f}{'-' if rss is None else f'{rss:.0f} MB':>10}"
+        )
         if quality:
             agreement, miou = quality.get(backend.name, (float("nan"), float("nan")))
             row += f"{100 * agreement:>10.2f}%{100 * miou:>7.1f}"
@@ -195,31 +222,47 @@ def paper_model(args: argparse.Namespace) -> None:
     work = Path(args.work_dir) / "r50"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    scenes = {"format": "synthetic", "synthetic": {"image_size": list(size), "num_train": 8, "num_val": 2},
-              "augment": {"crop_size": list(size)}}
+    scenes = {
+        "format": "synthetic",
+        "synthetic": {"image_size": list(size), "num_train": 8, "num_val": 2},
+        "augment": {"crop_size": list(size)},
+    }
     config = Config.from_dict({"model": {"num_classes": 19}, "data": scenes})
     checkpoint = save_checkpoint(work / "r50_random.safetensors", PSPNet(19).eval(), config)
-    print(f"\nPSPNet R50-D8 (deep stem, output stride 8), random weights, 1x3x{size[0]}x{size[1]}; int8 calibrated on "
-          f"8 synthetic scenes at that size")
+    print(
+        f"\nPSPNet R50-D8 (deep stem, output stride 8), random weights, 1x3x{size[0]}x{size[1]}; int8 calibrated on "
+        f"8 synthetic scenes at that size"
+    )
     backends = build_backends(checkpoint, work, size, config, calibration_images=8)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     flops = count_flops(backends[0].model, x)
     latency, peaks = measure(backends, [x], args.runs, args.warmup)
-    print_table(f"R50-D8 at {size[0]}x{size[1]}, median of {args.runs} interleaved runs", backends, latency, flops,
-                peaks, size, args.threads)
+    print_table(
+        f"R50-D8 at {size[0]}x{size[1]}, median of {args.runs} interleaved runs",
+        backends,
+        latency,
+        flops,
+        peaks,
+        size,
+        args.threads,
+    )
     pooled = torch.randn(1, 2048, size[0] // 8, size[1] // 8)
-    pools = {"matrix": lambda: [AdaptiveAvgPool(b)(pooled) for b in (1, 2, 3, 6)],
-             "nn": lambda: [torch.nn.AdaptiveAvgPool2d(b)(pooled) for b in (1, 2, 3, 6)]}
+    pools = {
+        "matrix": lambda: [AdaptiveAvgPool(b)(pooled) for b in (1, 2, 3, 6)],
+        "nn": lambda: [torch.nn.AdaptiveAvgPool2d(b)(pooled) for b in (1, 2, 3, 6)],
+    }
     pool_latency = interleaved_medians(pools, 20, 2)
-    print(f"PPM pooling alone (bins 1, 2, 3, 6 of 1x2048x{size[0] // 8}x{size[1] // 8}): matrix products "
-          f"{pool_latency['matrix'] * 1000:.2f} ms, nn.AdaptiveAvgPool2d {pool_latency['nn'] * 1000:.2f} ms")
+    print(
+        f"PPM pooling alone (bins 1, 2, 3, 6 of 1x2048x{size[0] // 8}x{size[1] // 8}): matrix products "
+        f"{pool_latency['matrix'] * 1000:.2f} ms, nn.AdaptiveAvgPool2d {pool_latency['nn'] * 1000:.2f} ms"
+    )
 
 
 def demo_checkpoint(args: argparse.Namespace) -> Path:
     """`--checkpoint`, or a demo model trained here (reused when a previous run trained it)."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from pspnet.engine.trainer import Trainer  # only when a model has to be trained
+    from pspnet.training.trainer import Trainer  # only when a model has to be trained
 
     run_dir = Path(args.work_dir) / "demo-run"
     checkpoint = run_dir / "checkpoints" / "best.safetensors"
@@ -257,8 +300,16 @@ def demo_model(args: argparse.Namespace) -> None:
             quality[backend.name] = (agree / pixels, confusion.compute().miou)
     flops = count_flops(backends[0].model, images[0])
     latency, peaks = measure(backends, images[: args.demo_images], args.runs, args.warmup)
-    print_table(f"demo model at {size[0]}x{size[1]}, median of {args.runs} interleaved runs over {args.demo_images} "
-                "images", backends, latency, flops, peaks, size, args.threads, quality)
+    print_table(
+        f"demo model at {size[0]}x{size[1]}, median of {args.runs} interleaved runs over {args.demo_images} images",
+        backends,
+        latency,
+        flops,
+        peaks,
+        size,
+        args.threads,
+        quality,
+    )
 
 
 def main() -> None:
@@ -269,9 +320,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--calibration-images", type=int, default=32, help="int8 calibration images of the demo model")
-    parser.add_argument("--demo-images", type=int, default=20, help="validation images per latency run of the demo model")
-    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "benchmark-inference"),
-                        help="exported files and the trained demo model")
+    parser.add_argument(
+        "--demo-images", type=int, default=20, help="validation images per latency run of the demo model"
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=str(ROOT / "runs" / "benchmark-inference"),
+        help="exported files and the trained demo model",
+    )
     parser.add_argument("--skip-paper", action="store_true", help="no R50-D8 table")
     parser.add_argument("--skip-demo", action="store_true", help="no demo-model table")
     parser.add_argument("--probe-rss", nargs=4, metavar=("FILE", "BACKEND", "H", "W"), help=argparse.SUPPRESS)
@@ -281,14 +337,18 @@ def main() -> None:
         run_probe(*args.probe_rss)
         return
 
-    print(f"machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    print(
+        f"machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
     if not args.skip_paper:
         paper_model(args)
     if not args.skip_demo:
         demo_model(args)
-    print(f"\npeak RSS: each backend in a fresh process that loads it and runs it twice; such a process peaks at "
-          f"{probe_rss(('-', '-'), (1, 1), args.threads):.0f} MB with the imports alone. Latency / floor = latency x "
-          "the precision's matmul peak / FLOPs.")
+    print(
+        f"\npeak RSS: each backend in a fresh process that loads it and runs it twice; such a process peaks at "
+        f"{probe_rss(('-', '-'), (1, 1), args.threads):.0f} MB with the imports alone. Latency / floor = latency x "
+        "the precision's matmul peak / FLOPs."
+    )
 
 
 if __name__ == "__main__":

@@ -39,14 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 from PIL import Image
 
 from pspnet.checkpoint import save_checkpoint
 from pspnet.config import load_config
 from pspnet.data.synthetic import ContextScenes
 from pspnet.models import create_model
-
-from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "synthetic.yaml"
@@ -88,8 +87,10 @@ class Run:
         throughput = ok / self.seconds
         ratio = f" ({throughput / sequential_throughput:.2f}x)" if sequential_throughput else ""
         model = f"{statistics.median(self.inference_ms):.0f} ms" if self.inference_ms else "-"
-        return (f"| {self.name} | {self.clients} | {answered} | {ok} | {refused} | {errors} | {p50} | {p95} | {p99} | "
-                f"{throughput:.1f}/s{ratio} | {model} |")
+        return (
+            f"| {self.name} | {self.clients} | {answered} | {ok} | {refused} | {errors} | {p50} | {p95} | {p99} | "
+            f"{throughput:.1f}/s{ratio} | {model} |"
+        )
 
 
 def demo_checkpoint(work_dir: Path) -> Path:
@@ -127,7 +128,17 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "pspnet", "--quiet", "serve", str(checkpoint), "--port", str(self.port), *options]
+        command = [
+            sys.executable,
+            "-m",
+            "pspnet",
+            "--quiet",
+            "serve",
+            str(checkpoint),
+            "--port",
+            str(self.port),
+            *options,
+        ]
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not self.ready():
@@ -195,8 +206,11 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or demo_checkpoint(args.work_dir)
     images = scenes(20, args.size)
-    print(f"{checkpoint.name}, {args.size}x{args.size} PNG scenes; {cpu_name()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    print(
+        f"{checkpoint.name}, {args.size}x{args.size} PNG scenes; {cpu_name()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; load average {os.getloadavg()[0]:.1f} at the start",
+        flush=True,
+    )
 
     server = Server(checkpoint, args.work_dir / "server.log")
     load(server.url, images, Run("warm-up", 1), 5, args.time_limit)
@@ -205,8 +219,13 @@ def main() -> None:
     status = server.stop()
 
     server = Server(checkpoint, args.work_dir / "server-overload.log", "--queue-size", str(OVERLOAD_QUEUE))
-    overload = load(server.url, images, Run(f"overload (--queue-size {OVERLOAD_QUEUE})", args.clients), args.requests,
-                    args.time_limit)
+    overload = load(
+        server.url,
+        images,
+        Run(f"overload (--queue-size {OVERLOAD_QUEUE})", args.clients),
+        args.requests,
+        args.time_limit,
+    )
     after = Run("after the overload", 1)
     send(server.url, images[0], after)
     alive = server.process.poll() is None and server.ready() and after.statuses[200] == 1
@@ -214,14 +233,22 @@ def main() -> None:
 
     base = sequential.statuses[200] / sequential.seconds
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-    print("| run | clients | requests | 200 | 503 | other errors | p50 | p95 | p99 | throughput | model time (median) |")
+    print(
+        "| run | clients | requests | 200 | 503 | other errors | p50 | p95 | p99 | throughput | model time (median) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in (sequential, concurrent, overload):
         print(run.row(None if run is sequential else base))
-    others = {status: count for status, count in (concurrent.statuses + overload.statuses).items() if status not in (200, 503)}
-    print(f"\nother errors by kind: {others or 'none'}; Retry-After values seen: {sorted(overload.retry_after) or 'none'}")
-    print(f"after the overload the server answered /readyz and a segmentation: {alive}; exit statuses after SIGTERM: "
-          f"{status}, {overload_status} (-{signal.SIGTERM}: stopped by SIGTERM after draining)")
+    others = {
+        status: count for status, count in (concurrent.statuses + overload.statuses).items() if status not in (200, 503)
+    }
+    print(
+        f"\nother errors by kind: {others or 'none'}; Retry-After values seen: {sorted(overload.retry_after) or 'none'}"
+    )
+    print(
+        f"after the overload the server answered /readyz and a segmentation: {alive}; exit statuses after SIGTERM: "
+        f"{status}, {overload_status} (-{signal.SIGTERM}: stopped by SIGTERM after draining)"
+    )
 
 
 if __name__ == "__main__":

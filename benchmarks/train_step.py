@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,30 +24,42 @@ import time
 from pathlib import Path
 
 import torch
-
 from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"fp32": ["train.amp=none"], "bf16": ["train.amp=bf16"], "fp16": ["train.amp=fp16"],
-         "channels_last": ["train.amp=none", "train.channels_last=true"],
-         "bf16+channels_last": ["train.amp=bf16", "train.channels_last=true"]}
+MODES = {
+    "fp32": ["train.amp=none"],
+    "bf16": ["train.amp=bf16"],
+    "fp16": ["train.amp=fp16"],
+    "channels_last": ["train.amp=none", "train.channels_last=true"],
+    "bf16+channels_last": ["train.amp=bf16", "train.channels_last=true"],
+}
 
 
 def measure(args: argparse.Namespace, mode: str) -> dict:
     """Time `args.steps` training steps (after 2 of warm-up) in this process; images/s of the global batch."""
     from pspnet.config import load_config
-    from pspnet.engine import distributed
-    from pspnet.engine.trainer import Trainer
+    from pspnet.system import distributed
+    from pspnet.training.trainer import Trainer
 
-    overrides = [*MODES[mode], f"train.batch_size={args.batch}", f"data.augment.crop_size={list(args.crop)}",
-                 f"train.device={args.device}", "model.encoder_weights=null", "data.num_workers=0", *args.overrides]
+    overrides = [
+        *MODES[mode],
+        f"train.batch_size={args.batch}",
+        f"data.augment.crop_size={list(args.crop)}",
+        f"train.device={args.device}",
+        "model.encoder_weights=null",
+        "data.num_workers=0",
+        *args.overrides,
+    ]
     config = load_config(args.config, overrides)
     with distributed.session(config.train.device) as context, tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir) / "run", progress=False, distributed=context)
         local = config.train.batch_size // context.world_size
         generator = torch.Generator().manual_seed(context.rank)
-        batch = {"image": torch.randn(local, 3, *args.crop, generator=generator),
-                 "mask": torch.randint(0, trainer.classes.num_classes, (local, *args.crop), generator=generator)}
+        batch = {
+            "image": torch.randn(local, 3, *args.crop, generator=generator),
+            "mask": torch.randint(0, trainer.classes.num_classes, (local, *args.crop), generator=generator),
+        }
         trainer.model.train()
         times = []
         for step in range(args.steps + 2):
@@ -62,19 +73,46 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
                 times.append(time.perf_counter() - start)
         times = distributed.gather(context, statistics.median(times))
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and args.device != "cpu" else None
-    return {"mode": mode, "processes": context.world_size, "images_per_s": config.train.batch_size / max(times),
-            "step_s": max(times), "peak_gpu_gib": peak}
+    return {
+        "mode": mode,
+        "processes": context.world_size,
+        "images_per_s": config.train.batch_size / max(times),
+        "step_s": max(times),
+        "peak_gpu_gib": peak,
+    }
 
 
 def run_processes(args: argparse.Namespace, mode: str, processes: int) -> dict:
     """The measurement on `processes` processes, each in a fresh interpreter (torchrun for more than one)."""
-    command = [sys.executable, __file__, "--worker", mode, "--config", args.config, "--batch", str(args.batch),
-               "--crop", *map(str, args.crop), "--steps", str(args.steps), "--device", args.device]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--config",
+        args.config,
+        "--batch",
+        str(args.batch),
+        "--crop",
+        *map(str, args.crop),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ]
     if args.overrides:
         command += ["--set", *args.overrides]
     env = dict(os.environ)
     if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *command[1:]]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(processes),
+            *command[1:],
+        ]
         if args.device == "cpu":
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -101,7 +139,9 @@ def main() -> None:
             print(json.dumps(result))
         return
 
-    print(f"config {Path(args.config).name}, global batch {args.batch}, crop {args.crop[0]}x{args.crop[1]}, {args.device}")
+    print(
+        f"config {Path(args.config).name}, global batch {args.batch}, crop {args.crop[0]}x{args.crop[1]}, {args.device}"
+    )
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}")
     rows = [run_processes(args, mode, processes) for processes in args.processes for mode in args.modes]
     baseline = next(row for row in rows if row["mode"] == args.modes[0] and row["processes"] == args.processes[0])
@@ -109,8 +149,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for row in rows:
         memory = f"{row['peak_gpu_gib']:.2f} GiB" if row["peak_gpu_gib"] is not None else "-"
-        print(f"| {row['mode']} | {row['processes']} | {row['images_per_s']:.2f} | {1000 * row['step_s']:.0f} ms | "
-              f"{row['images_per_s'] / baseline['images_per_s']:.2f}x | {memory} |")
+        print(
+            f"| {row['mode']} | {row['processes']} | {row['images_per_s']:.2f} | {1000 * row['step_s']:.0f} ms | "
+            f"{row['images_per_s'] / baseline['images_per_s']:.2f}x | {memory} |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -14,7 +14,8 @@ from pspnet.config import Config
 from pspnet.data.synthetic import ContextScenes
 from pspnet.models import create_model
 
-torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscription when loader workers or other jobs share the cores
+# tiny models: one thread is as fast, and immune to oversubscription when loader workers or other jobs share the cores
+torch.set_num_threads(1)
 
 TINY_RESNET = {
     "encoder": "resnet18_deepstem",
@@ -47,7 +48,14 @@ def tiny_config_dict(**train) -> dict:
             "augment": {"scale": [0.75, 1.25], "rotate": 5, "blur": 0.5, "flip": True, "crop_size": [40, 40]},
             "num_workers": 0,
         },
-        "train": {"max_iters": 4, "batch_size": 2, "eval_interval": 2, "checkpoint_interval": 2, "log_interval": 1, **train},
+        "train": {
+            "max_iters": 4,
+            "batch_size": 2,
+            "eval_interval": 2,
+            "checkpoint_interval": 2,
+            "log_interval": 1,
+            **train,
+        },
         "eval": {"batch_size": 4},
     }
 
@@ -70,6 +78,10 @@ def open_source(format: str, root, split: str, classes_file=None, options=None):
     from pspnet.config import DataConfig
     from pspnet.data.sources import build_source
 
-    data = DataConfig(format=format, root=None if root is None else str(root), classes_file=None if classes_file is None else str(classes_file),
-                      options=dict(options or {}))
+    data = DataConfig(
+        format=format,
+        root=None if root is None else str(root),
+        classes_file=None if classes_file is None else str(classes_file),
+        options=dict(options or {}),
+    )
     return build_source(data, split)

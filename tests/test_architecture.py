@@ -20,8 +20,14 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def lint(package_parent: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(package_parent)}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo", str(ROOT / "pyproject.toml")],
-                          cwd=package_parent, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(ROOT / "pyproject.toml")],
+        cwd=package_parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_import_contracts_hold():
@@ -30,12 +36,15 @@ def test_import_contracts_hold():
     assert "3 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module,planted,broken", [
-    # models importing the CLI: a cycle (cli -> ... -> models -> cli), a layer and the models contract broken
-    ("models/ppm.py", "from ..cli import main as _main", ["No import cycle", "Layers", "models/ builds networks"]),
-    # checkpoint code importing the engine, hidden inside a function: still seen
-    ("checkpoint/native.py", "def _hidden():\n    from ..engine import trainer", ["No import cycle", "Layers"]),
-])
+@pytest.mark.parametrize(
+    "module,planted,broken",
+    [
+        # models importing the CLI: a cycle (cli -> ... -> models -> cli), a layer and the models contract broken
+        ("models/ppm.py", "from ..cli import main as _main", ["No import cycle", "Layers", "models/ builds networks"]),
+        # checkpoint code importing training, hidden inside a function: still seen
+        ("checkpoint/native.py", "def _hidden():\n    from ..training import trainer", ["No import cycle", "Layers"]),
+    ],
+)
 def test_contracts_catch_planted_violations(tmp_path, module, planted, broken):
     shutil.copytree(ROOT / "src" / "pspnet", tmp_path / "pspnet", ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "pspnet" / module

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_dict
 from PIL import Image
 
 from pspnet.checkpoint import load_checkpoint, save_checkpoint
-from pspnet.models import create_model
 from pspnet.cli import main
 from pspnet.config import Config, DataConfig
-from pspnet.data.sources import build_source
 from pspnet.data.formats.cityscapes import cityscapes_classes, label_id_to_train_id, train_id_to_label_id
+from pspnet.data.sources import build_source
 from pspnet.metrics import ConfusionMatrix
-
-from conftest import tiny_config_dict
+from pspnet.models import create_model
 
 official = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
 
@@ -56,9 +55,13 @@ def test_miou_and_class_iou_agree_with_the_official_evaluator(tmp_path):
         city = frame.split("_")[0]
         blocks = rng.choice(gt_ids, size=(6, 8))
         gt = np.kron(blocks, np.ones((7, 7), dtype=np.int64)).astype(np.uint8)  # 42x56, blocky like real scenes
-        pred = np.where(rng.random(gt.shape) < 0.6, to_train[gt], rng.choice(pred_train_ids, size=gt.shape)).astype(np.uint8)
+        pred = np.where(rng.random(gt.shape) < 0.6, to_train[gt], rng.choice(pred_train_ids, size=gt.shape)).astype(
+            np.uint8
+        )
         pred[pred == 255] = rng.choice(pred_train_ids, size=int((pred == 255).sum()))
-        write_png(tmp_path / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png", np.zeros((*gt.shape, 3), np.uint8))
+        write_png(
+            tmp_path / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png", np.zeros((*gt.shape, 3), np.uint8)
+        )
         ground_truth.append(tmp_path / "gtFine" / "val" / city / f"{frame}_gtFine_labelIds.png")
         write_png(ground_truth[-1], gt)
         write_png(tmp_path / "results" / city / f"{frame}_labelIds.png", train_id_to_label_id()[pred])
@@ -73,7 +76,9 @@ def test_miou_and_class_iou_agree_with_the_official_evaluator(tmp_path):
     ours = confusion.compute(absent="exclude")
     theirs = official_evaluation(ground_truth, tmp_path / "results")
     for name, iou in zip(cityscapes_classes().names, ours.iou):
-        assert (math.isnan(iou) and math.isnan(theirs["classScores"][name])) or abs(iou - theirs["classScores"][name]) < 1e-6, name
+        assert (math.isnan(iou) and math.isnan(theirs["classScores"][name])) or abs(
+            iou - theirs["classScores"][name]
+        ) < 1e-6, name
     assert math.isnan(ours.iou[17]) and ours.iou[16] == 0  # absent everywhere / predicted only
     assert abs(ours.miou - theirs["averageScoreClasses"]) < 1e-6
     # semseg's convention averages over all 19 classes, the absent one counting 0
@@ -96,7 +101,16 @@ def test_predict_cityscapes_format_round_trips(cityscapes_checkpoint, tmp_path):
         write_png(tmp_path / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png", images[frame])
         write_png(tmp_path / "gtFine" / "val" / city / f"{frame}_gtFine_labelIds.png", np.full((40, 56), 7, np.uint8))
     out = tmp_path / "results"
-    args = ["--quiet", "predict", str(cityscapes_checkpoint), str(tmp_path / "leftImg8bit" / "val"), "--out", str(out), "--format", "cityscapes"]
+    args = [
+        "--quiet",
+        "predict",
+        str(cityscapes_checkpoint),
+        str(tmp_path / "leftImg8bit" / "val"),
+        "--out",
+        str(out),
+        "--format",
+        "cityscapes",
+    ]
     assert main(args) == 0
 
     written = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
@@ -121,5 +135,19 @@ def test_cityscapes_format_refuses_other_models(tmp_path, capsys):
     checkpoint = save_checkpoint(tmp_path / "other.safetensors", create_model(config), config)
     image = tmp_path / "x_leftImg8bit.png"
     write_png(image, np.zeros((8, 8, 3), np.uint8))
-    assert main(["--quiet", "predict", str(checkpoint), str(image), "--out", str(tmp_path / "out"), "--format", "cityscapes"]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(checkpoint),
+                str(image),
+                "--out",
+                str(tmp_path / "out"),
+                "--format",
+                "cityscapes",
+            ]
+        )
+        == 2
+    )
     assert "19 Cityscapes train classes" in capsys.readouterr().err

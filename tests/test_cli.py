@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config_dict
 from PIL import Image
 
 from pspnet.cli import main
 from pspnet.data.synthetic import ContextScenes
-
-from conftest import tiny_config_dict
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,14 @@ def trained_run(tmp_path_factory):
 def test_train_writes_run_directory(trained_run):
     root, _ = trained_run
     run = root / "run"
-    for name in ("config.yaml", "train_log.csv", "val_log.csv", "checkpoints/last.safetensors",
-                 "checkpoints/best.safetensors", "checkpoints/last.resume.pt"):
+    for name in (
+        "config.yaml",
+        "train_log.csv",
+        "val_log.csv",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.resume.pt",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").iterdir())
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
@@ -56,7 +61,16 @@ def test_predict_writes_outputs_and_reports_failures(trained_run, tmp_path, caps
     Image.fromarray(source.load(0).image).save(inputs / "a.png")
     Image.fromarray(source.load(1).image).save(inputs / "sub" / "b.jpg")
     (inputs / "broken.png").write_bytes(b"not an image")
-    code = main(["--quiet", "predict", str(root / "run/checkpoints/last.safetensors"), str(inputs), "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "--quiet",
+            "predict",
+            str(root / "run/checkpoints/last.safetensors"),
+            str(inputs),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert "broken.png" in capsys.readouterr().err
     label = Image.open(tmp_path / "out/labels/a.png")
@@ -68,13 +82,16 @@ def test_predict_writes_outputs_and_reports_failures(trained_run, tmp_path, caps
     assert not (tmp_path / "out/labels/broken.png").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["evaluate", "missing.safetensors"], "checkpoint not found: missing.safetensors"),
-    (["train", "missing.yaml"], "config file not found: missing.yaml"),
-    (["config", "--set", "model.dropuot=0.1"], "did you mean model.dropout"),
-    (["config", "--set", "train.max_iters=many"], "train.max_iters: expected int, got 'many'"),
-    (["predict", "missing.safetensors", "x.png", "--out", "o"], "checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["evaluate", "missing.safetensors"], "checkpoint not found: missing.safetensors"),
+        (["train", "missing.yaml"], "config file not found: missing.yaml"),
+        (["config", "--set", "model.dropuot=0.1"], "did you mean model.dropout"),
+        (["config", "--set", "train.max_iters=many"], "train.max_iters: expected int, got 'many'"),
+        (["predict", "missing.safetensors", "x.png", "--out", "o"], "checkpoint not found"),
+    ],
+)
 def test_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -92,8 +109,18 @@ def test_truncated_checkpoint_is_reported(trained_run, tmp_path, capsys):
 
 def test_predict_missing_input_is_reported(trained_run, tmp_path, capsys):
     root, _ = trained_run
-    assert main(["predict", str(root / "run/checkpoints/last.safetensors"), str(tmp_path / "nope.png"),
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(root / "run/checkpoints/last.safetensors"),
+                str(tmp_path / "nope.png"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "image not found" in capsys.readouterr().err
 
 

@@ -30,8 +30,16 @@ def test_defaults_are_the_paper():
 
 def test_yaml_and_overrides(tmp_path):
     path = write(tmp_path, "model:\n  dropout: 0.2\ntrain:\n  max_iters: 10\n")
-    cfg = load_config(path, ["model.bins=[1, 2, 4, 8]", "train.base_lr=0.02", "model.encoder_weights=null",
-                             "model.encoder_kwargs.drop_path_rate=0.1", "eval.flip=true"])
+    cfg = load_config(
+        path,
+        [
+            "model.bins=[1, 2, 4, 8]",
+            "train.base_lr=0.02",
+            "model.encoder_weights=null",
+            "model.encoder_kwargs.drop_path_rate=0.1",
+            "eval.flip=true",
+        ],
+    )
     assert cfg.model.dropout == 0.2 and cfg.train.max_iters == 10
     assert cfg.model.bins == [1, 2, 4, 8] and cfg.train.base_lr == 0.02 and cfg.eval.flip is True
     assert cfg.model.encoder_kwargs == {"drop_path_rate": 0.1}
@@ -46,22 +54,27 @@ def test_unknown_key_lists_close_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'model.dropuot'; did you mean model.dropout"):
         load_config(None, ["model.dropuot=0.2"])
     path = write(tmp_path, "train:\n  max_iter: 5\n")
-    with pytest.raises(ConfigError, match=r"cfg.yaml: unknown config key 'train.max_iter'; did you mean train.max_iters"):
+    with pytest.raises(
+        ConfigError, match=r"cfg.yaml: unknown config key 'train.max_iter'; did you mean train.max_iters"
+    ):
         load_config(path)
     with pytest.raises(ConfigError, match="unknown config key 'modle.dropout'; did you mean model.dropout"):
         load_config(None, ["modle.dropout=1"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.max_iters=abc", r"train.max_iters: expected int, got 'abc' \(str\)"),
-    ("train.max_iters=2.5", r"train.max_iters: expected int, got 2.5"),
-    ("model.use_ppm=maybe", r"model.use_ppm: expected bool"),
-    ("model.bins=[1, x]", r"model.bins\[1\]: expected int"),
-    ("model.aux=both2", r"model.aux: expected one of 'seg', 'none'"),
-    ("model.dropout=1.5", r"model.dropout: expected a probability in \[0, 1\], got 1.5"),
-    ("train.batch_size=1", r"train.batch_size: expected an int >= 2"),
-    ("model.output_stride=12", r"model.output_stride: expected one of"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_iters=abc", r"train.max_iters: expected int, got 'abc' \(str\)"),
+        ("train.max_iters=2.5", r"train.max_iters: expected int, got 2.5"),
+        ("model.use_ppm=maybe", r"model.use_ppm: expected bool"),
+        ("model.bins=[1, x]", r"model.bins\[1\]: expected int"),
+        ("model.aux=both2", r"model.aux: expected one of 'seg', 'none'"),
+        ("model.dropout=1.5", r"model.dropout: expected a probability in \[0, 1\], got 1.5"),
+        ("train.batch_size=1", r"train.batch_size: expected an int >= 2"),
+        ("model.output_stride=12", r"model.output_stride: expected one of"),
+    ],
+)
 def test_wrong_values_are_specific(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -108,7 +121,19 @@ def test_shipped_configs_keep_every_value_and_build_their_model(path):
 def test_paper_configs_follow_the_paper(name, crop):
     config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     model, train, augment = config.model, config.train, config.data.augment
-    assert (model.output_stride, model.bins, model.dropout, model.decoder_channels, model.aux) == (8, [1, 2, 3, 6], 0.1, 512, "seg")
+    assert (model.output_stride, model.bins, model.dropout, model.decoder_channels, model.aux) == (
+        8,
+        [1, 2, 3, 6],
+        0.1,
+        512,
+        "seg",
+    )
     assert (train.base_lr, train.lr_power, train.momentum, train.weight_decay, train.aux_weight, train.batch_size) == (
-        0.01, 0.9, 0.9, 1e-4, 0.4, 16)
+        0.01,
+        0.9,
+        0.9,
+        1e-4,
+        0.4,
+        16,
+    )
     assert (augment.scale, augment.rotate, augment.flip, augment.crop_size) == ([0.5, 2.0], 10, True, [crop, crop])

@@ -19,8 +19,8 @@ from PIL import Image
 
 from pspnet import load_model
 from pspnet.checkpoint import load_checkpoint, read_metadata
-from pspnet.cli import main
 from pspnet.checkpoint.reference import convert_state, detect_layout, infer_model_config, load_reference
+from pspnet.cli import main
 from pspnet.data.formats.voc import VOC_NAMES
 from pspnet.errors import CheckpointError, ConfigError
 from pspnet.models import PSPNet
@@ -32,6 +32,7 @@ PLANES = (64, 128, 256, 512)  # published widths of the four stages
 
 
 # --- checkpoint builders: the references' key names, tensors of any width -------------------------
+
 
 class Builder:
     """Tensors under the given names: random convs (He-scaled) and BatchNorms (eval statistics).
@@ -57,9 +58,14 @@ class Builder:
             self.state[f"{name}.bias"] = self.uniform(-0.2, 0.2, out)
 
     def bn(self, name: str, channels: int) -> None:
-        self.state.update({f"{name}.weight": self.uniform(0.5, 1.0, channels), f"{name}.bias": self.uniform(-0.2, 0.2, channels),
-                           f"{name}.running_mean": self.uniform(-0.2, 0.2, channels),
-                           f"{name}.running_var": self.uniform(0.5, 1.5, channels)})
+        self.state.update(
+            {
+                f"{name}.weight": self.uniform(0.5, 1.0, channels),
+                f"{name}.bias": self.uniform(-0.2, 0.2, channels),
+                f"{name}.running_mean": self.uniform(-0.2, 0.2, channels),
+                f"{name}.running_var": self.uniform(0.5, 1.5, channels),
+            }
+        )
         if self.batches_tracked:
             self.state[f"{name}.num_batches_tracked"] = torch.tensor(1000)
 
@@ -67,8 +73,9 @@ class Builder:
         self.conv(conv, out, inp, kernel)
         self.bn(bn, out)
 
-    def resnet_stages(self, prefix: str, inplanes: int, planes: list[int], blocks: tuple[int, ...],
-                      bottleneck: bool) -> list[int]:
+    def resnet_stages(
+        self, prefix: str, inplanes: int, planes: list[int], blocks: tuple[int, ...], bottleneck: bool
+    ) -> list[int]:
         """torchvision-named stages `{prefix}layer{1-4}`; returns each stage's output channels."""
         expansion = 4 if bottleneck else 1
         outputs = []
@@ -89,8 +96,9 @@ class Builder:
         return outputs
 
 
-def semseg_checkpoint(classes: int = 5, blocks: tuple[int, ...] = BOTTLENECK_BLOCKS, scale: int = 16,
-                      shapes_only: bool = False) -> dict:
+def semseg_checkpoint(
+    classes: int = 5, blocks: tuple[int, ...] = BOTTLENECK_BLOCKS, scale: int = 16, shapes_only: bool = False
+) -> dict:
     """semseg's `torch.save({'epoch', 'state_dict', 'optimizer'})` of a DDP-wrapped PSPNet, widths / `scale`."""
     b = Builder(shapes_only=shapes_only)
     stem = 64 // scale  # layer0: 64-64-128
@@ -109,9 +117,17 @@ def semseg_checkpoint(classes: int = 5, blocks: tuple[int, ...] = BOTTLENECK_BLO
     return {"epoch": 200, "state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.0, "params": [0]}]}}
 
 
-def mmseg_checkpoint(depth: int = 18, deep_stem: bool = True, aux: bool = True, classes: int = 3,
-                     meta: dict | None = None, batches_tracked: bool = True, scale: int = 8,
-                     channels: int | None = 6, shapes_only: bool = False) -> dict:
+def mmseg_checkpoint(
+    depth: int = 18,
+    deep_stem: bool = True,
+    aux: bool = True,
+    classes: int = 3,
+    meta: dict | None = None,
+    batches_tracked: bool = True,
+    scale: int = 8,
+    channels: int | None = 6,
+    shapes_only: bool = False,
+) -> dict:
     """mmseg's `{'meta', 'state_dict'}` of an EncoderDecoder(ResNetV1c or ResNet, PSPHead, FCNHead), widths / `scale`.
 
     `channels`: the PSPHead's width (the configs' value / `scale` when None); 6 is not C / 4, to tell them apart.
@@ -131,7 +147,9 @@ def mmseg_checkpoint(depth: int = 18, deep_stem: bool = True, aux: bool = True, 
     widths = b.resnet_stages("backbone.", inplanes, [w // scale for w in PLANES], blocks, bottleneck)
     channels = channels or (512 if bottleneck else 128) // scale
     for index in range(len(BINS)):
-        b.conv_bn(f"decode_head.psp_modules.{index}.1.conv", f"decode_head.psp_modules.{index}.1.bn", channels, widths[3], 1)
+        b.conv_bn(
+            f"decode_head.psp_modules.{index}.1.conv", f"decode_head.psp_modules.{index}.1.bn", channels, widths[3], 1
+        )
     b.conv_bn("decode_head.bottleneck.conv", "decode_head.bottleneck.bn", channels, widths[3] + len(BINS) * channels, 3)
     b.conv("decode_head.conv_seg", classes, channels, 1, bias=True)
     if aux:
@@ -142,6 +160,7 @@ def mmseg_checkpoint(depth: int = 18, deep_stem: bool = True, aux: bool = True, 
 
 
 # --- the references' forward pass, float64, functional ops on the raw state dict -------------------
+
 
 def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor, align_corners: bool) -> torch.Tensor:
     """Logits of a semseg or mmseg PSPNet, following each code base's conventions."""
@@ -154,14 +173,24 @@ def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor, align_corn
         return F.conv2d(x, weight, sd.get(f"{name}.bias"), stride, dilation * (weight.shape[-1] // 2), dilation)
 
     def bn(x, name, relu=True):
-        x = F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                         sd[f"{name}.bias"], training=False, eps=1e-5)
+        x = F.batch_norm(
+            x,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
         return F.relu(x) if relu else x
 
     if semseg:
         stem, backbone = [("layer0.0", "layer0.1", 2), ("layer0.3", "layer0.4", 1), ("layer0.6", "layer0.7", 1)], ""
     elif "backbone.stem.0.weight" in sd:
-        stem, backbone = [(f"backbone.stem.{c}", f"backbone.stem.{c + 1}", 2 if c == 0 else 1) for c in (0, 3, 6)], "backbone."
+        stem, backbone = (
+            [(f"backbone.stem.{c}", f"backbone.stem.{c + 1}", 2 if c == 0 else 1) for c in (0, 3, 6)],
+            "backbone.",
+        )
     else:
         stem, backbone = [("backbone.conv1", "backbone.bn1", 2)], "backbone."
     for conv_name, bn_name, stride in stem:
@@ -225,9 +254,15 @@ MMSEG_769_CONFIG = """model = dict(
 CASES = {  # name -> (checkpoint builder, expected encoder, dilation style, align_corners, aux head)
     "semseg-r50": (semseg_checkpoint, "resnet50_deepstem", "uniform", True, "seg"),
     "mmseg-r18-v1c": (mmseg_checkpoint, "resnet18_v1c", "mmseg", False, "seg"),
-    "mmseg-r50b-769-noaux": (lambda: mmseg_checkpoint(50, deep_stem=False, aux=False, batches_tracked=False,
-                                                      meta={"config": MMSEG_769_CONFIG}),
-                             "resnet50", "mmseg", True, "none"),
+    "mmseg-r50b-769-noaux": (
+        lambda: mmseg_checkpoint(
+            50, deep_stem=False, aux=False, batches_tracked=False, meta={"config": MMSEG_769_CONFIG}
+        ),
+        "resnet50",
+        "mmseg",
+        True,
+        "none",
+    ),
 }
 
 
@@ -244,8 +279,15 @@ def test_architecture_is_read_from_the_file(case):
     name, checkpoint, _, model = case
     _, encoder, dilation_style, align_corners, aux = CASES[name]  # align_corners: mmseg's from its config text
     config = model.config
-    assert (config.encoder, config.dilation_style, config.align_corners, config.aux) == (encoder, dilation_style, align_corners, aux)
-    classifier = next(v for k, v in checkpoint["state_dict"].items() if k.endswith(("cls.4.weight", "decode_head.conv_seg.weight")))
+    assert (config.encoder, config.dilation_style, config.align_corners, config.aux) == (
+        encoder,
+        dilation_style,
+        align_corners,
+        aux,
+    )
+    classifier = next(
+        v for k, v in checkpoint["state_dict"].items() if k.endswith(("cls.4.weight", "decode_head.conv_seg.weight"))
+    )
     assert config.num_classes == classifier.shape[0] and not model.training
 
 
@@ -285,11 +327,15 @@ def test_every_tensor_of_the_file_is_used_once(case):
     assert len(own) == len(state) and fingerprints(own.values()) == fingerprints(state.values())
 
 
-@pytest.mark.parametrize("checkpoint, encoder, widths", [
-    (semseg_checkpoint(19, (3, 4, 23, 3), scale=1, shapes_only=True), "resnet101_deepstem", (512, 512, 256)),
-    (mmseg_checkpoint(50, classes=19, scale=1, channels=None, shapes_only=True), "resnet50_v1c", (512, 512, 256)),
-    (mmseg_checkpoint(18, classes=19, scale=1, channels=None, shapes_only=True), "resnet18_v1c", (128, 128, 64)),
-], ids=["semseg-pspnet101", "mmseg-r50-d8", "mmseg-r18-d8"])
+@pytest.mark.parametrize(
+    "checkpoint, encoder, widths",
+    [
+        (semseg_checkpoint(19, (3, 4, 23, 3), scale=1, shapes_only=True), "resnet101_deepstem", (512, 512, 256)),
+        (mmseg_checkpoint(50, classes=19, scale=1, channels=None, shapes_only=True), "resnet50_v1c", (512, 512, 256)),
+        (mmseg_checkpoint(18, classes=19, scale=1, channels=None, shapes_only=True), "resnet18_v1c", (128, 128, 64)),
+    ],
+    ids=["semseg-pspnet101", "mmseg-r50-d8", "mmseg-r18-d8"],
+)
 def test_published_sizes_give_the_stock_encoders(checkpoint, encoder, widths):
     """At full width (shapes only), the files map onto the named encoders with no width overrides."""
     state = checkpoint["state_dict"]
@@ -304,18 +350,28 @@ def test_published_sizes_give_the_stock_encoders(checkpoint, encoder, widths):
 
 # --- strictness: every problem reported, under the file's names -------------------------------------
 
+
 def _drop(key):
     return lambda state: state.pop(key)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (_drop("module.layer3.1.conv2.weight"), "missing (1): module.layer3.1.conv2.weight"),
-    (_drop("module.layer1.0.conv3.weight"), "missing (1): module.layer1.0.conv3.weight"),
-    (_drop("module.ppm.features.3.1.weight"), "missing (1): module.ppm.features.3.1.weight"),
-    (_drop("module.aux.4.weight"), "missing (1): module.aux.4.weight"),
-    (lambda s: s.update({"module.ppm.features.0.3.weight": torch.ones(1)}), "unexpected (1): module.ppm.features.0.3.weight"),
-    (lambda s: s.update({"module.layer2.0.bn1.weight": torch.ones(5)}), "wrong shape (1): module.layer2.0.bn1.weight (file (5,), model (8,))"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_drop("module.layer3.1.conv2.weight"), "missing (1): module.layer3.1.conv2.weight"),
+        (_drop("module.layer1.0.conv3.weight"), "missing (1): module.layer1.0.conv3.weight"),
+        (_drop("module.ppm.features.3.1.weight"), "missing (1): module.ppm.features.3.1.weight"),
+        (_drop("module.aux.4.weight"), "missing (1): module.aux.4.weight"),
+        (
+            lambda s: s.update({"module.ppm.features.0.3.weight": torch.ones(1)}),
+            "unexpected (1): module.ppm.features.0.3.weight",
+        ),
+        (
+            lambda s: s.update({"module.layer2.0.bn1.weight": torch.ones(5)}),
+            "wrong shape (1): module.layer2.0.bn1.weight (file (5,), model (8,))",
+        ),
+    ],
+)
 def test_semseg_mismatches_are_errors(tmp_path, mutate, message):
     checkpoint = semseg_checkpoint()
     mutate(checkpoint["state_dict"])
@@ -355,16 +411,26 @@ class CodeInPickle:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("write, message", [
-    (_truncated, "cannot be read as a checkpoint"),
-    (lambda p: p.write_text("not a checkpoint"), "cannot be read as a checkpoint"),
-    (lambda p: Image.new("RGB", (4, 4)).save(p, format="PNG"), "cannot be read as a checkpoint"),
-    (lambda p: torch.save({"state_dict": {"w": CodeInPickle()}}, p), "cannot be read as a checkpoint"),
-    (lambda p: torch.save([torch.ones(1)], p), "not a checkpoint (holds a list"),
-    (lambda p: torch.save({"epoch": 3}, p), "no state dict of tensors"),
-    (lambda p: torch.save({"state_dict": {"fc.weight": torch.ones(2, 2)}}, p), "not a checkpoint layout pspnet knows"),
-    (lambda p: torch.save(_renamed(mmseg_checkpoint(), "psp_modules", "aspp_modules"), p), "decode head is not a PSPHead"),
-], ids=["truncated", "text", "png", "pickled-code", "list", "no-state-dict", "unknown-layout", "other-mmseg-head"])
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (_truncated, "cannot be read as a checkpoint"),
+        (lambda p: p.write_text("not a checkpoint"), "cannot be read as a checkpoint"),
+        (lambda p: Image.new("RGB", (4, 4)).save(p, format="PNG"), "cannot be read as a checkpoint"),
+        (lambda p: torch.save({"state_dict": {"w": CodeInPickle()}}, p), "cannot be read as a checkpoint"),
+        (lambda p: torch.save([torch.ones(1)], p), "not a checkpoint (holds a list"),
+        (lambda p: torch.save({"epoch": 3}, p), "no state dict of tensors"),
+        (
+            lambda p: torch.save({"state_dict": {"fc.weight": torch.ones(2, 2)}}, p),
+            "not a checkpoint layout pspnet knows",
+        ),
+        (
+            lambda p: torch.save(_renamed(mmseg_checkpoint(), "psp_modules", "aspp_modules"), p),
+            "decode head is not a PSPHead",
+        ),
+    ],
+    ids=["truncated", "text", "png", "pickled-code", "list", "no-state-dict", "unknown-layout", "other-mmseg-head"],
+)
 def test_unreadable_files_are_errors(tmp_path, write, message, capsys):
     path = tmp_path / "file.pth"
     write(path)
@@ -379,6 +445,7 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 # --- class names: the file's meta, else --dataset, else generic -------------------------------------
+
 
 def test_mmseg_meta_gives_names_and_palette(tmp_path):
     meta = {"CLASSES": ("sky", "road ", "car"), "PALETTE": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
@@ -415,6 +482,7 @@ def test_meta_with_another_class_count_is_an_error(tmp_path):
 
 # --- pspnet convert --------------------------------------------------------------------------------
 
+
 def test_convert_writes_native_checkpoint_with_provenance(tmp_path, capsys):
     source, dest = tmp_path / "train_epoch_200.pth", tmp_path / "psp.safetensors"
     torch.save(semseg_checkpoint(classes=21), source)
@@ -440,13 +508,20 @@ def test_num_classes_reinitialises_only_the_classifiers(tmp_path, capsys):
     torch.save(mmseg_checkpoint(meta={"CLASSES": ["a", "b", "c"]}), source)
     assert main(["convert", str(source), str(tmp_path / "k.safetensors"), "--num-classes", "4"]) == 0
     printed = capsys.readouterr().out
-    assert ("re-initialised for 4 classes: decode_head.classifier.weight, decode_head.classifier.bias, "
-            "aux_head.classifier.weight, aux_head.classifier.bias") in printed
+    assert (
+        "re-initialised for 4 classes: decode_head.classifier.weight, decode_head.classifier.bias, "
+        "aux_head.classifier.weight, aux_head.classifier.bias"
+    ) in printed
 
     before = load_model(source).state_dict()
     model, config, meta = load_checkpoint(tmp_path / "k.safetensors")
     after = model.state_dict()
-    classifiers = {"decode_head.classifier.weight", "decode_head.classifier.bias", "aux_head.classifier.weight", "aux_head.classifier.bias"}
+    classifiers = {
+        "decode_head.classifier.weight",
+        "decode_head.classifier.bias",
+        "aux_head.classifier.weight",
+        "aux_head.classifier.bias",
+    }
     assert set(meta["converted_from"]["reinitialised"]) == classifiers
     assert after.keys() == before.keys() and config.model.num_classes == 4
     for key in after:
@@ -458,7 +533,10 @@ def test_num_classes_reinitialises_only_the_classifiers(tmp_path, capsys):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 20, 28)).shape == (1, 4, 20, 28)
 
-    assert main(["convert", str(source), str(tmp_path / "voc.safetensors"), "--num-classes", "21", "--dataset", "voc"]) == 0
+    assert (
+        main(["convert", str(source), str(tmp_path / "voc.safetensors"), "--num-classes", "21", "--dataset", "voc"])
+        == 0
+    )
     assert load_model(tmp_path / "voc.safetensors").classes.names == VOC_NAMES
 
 
@@ -472,8 +550,12 @@ def test_convert_errors_exit_2(tmp_path, capsys):
 def test_predict_accepts_an_unconverted_file(tmp_path):
     torch.save(mmseg_checkpoint(), tmp_path / "m.pth")
     (tmp_path / "in").mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
-    assert main(["--quiet", "predict", str(tmp_path / "m.pth"), str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(
+        tmp_path / "in" / "a.png"
+    )
+    assert (
+        main(["--quiet", "predict", str(tmp_path / "m.pth"), str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    )
     labels = np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png"))
     assert labels.shape == (30, 45) and labels.max() < 3
 

@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
+from conftest import open_source
 from PIL import Image
 
 from pspnet.config import DataConfig, SyntheticConfig
 from pspnet.data.check import check_dataset, run_check
-from pspnet.errors import DataError
-
-from conftest import open_source
 
 PALETTE = [[128, 64, 128], [0, 0, 142], [220, 20, 60]]
 RNG = np.random.default_rng(0)
@@ -68,8 +65,12 @@ def test_every_planted_problem_is_reported_with_its_file(tmp_path):
 
     report = run_check(config, "train")
     assert not report.ok
-    found = {(problem.kind, file) for problem in report.problems for file in ("orphan.png", "no_mask.jpg", "broken.jpg",
-             "small.png", "label7.png", "odd_colours.png") if file in problem.message}
+    found = {
+        (problem.kind, file)
+        for problem in report.problems
+        for file in ("orphan.png", "no_mask.jpg", "broken.jpg", "small.png", "label7.png", "odd_colours.png")
+        if file in problem.message
+    }
     assert found == {
         ("orphan_mask", "orphan.png"),
         ("missing_mask", "no_mask.jpg"),
@@ -96,8 +97,11 @@ def test_pairs_check_reports_unknown_colour_fraction(tmp_path):
     source = open_source("pairs", tmp_path, "val", classes_file=classes_file)
     clean = check_dataset(source)
     assert clean.ok and clean.class_pixels.tolist() == [8, 8]
-    strict = check_dataset(open_source("pairs", tmp_path, "val", classes_file=classes_file,
-                                       options={"color_tolerance": 2, "min_region": 0}))
+    strict = check_dataset(
+        open_source(
+            "pairs", tmp_path, "val", classes_file=classes_file, options={"color_tolerance": 2, "min_region": 0}
+        )
+    )
     assert [p.kind for p in strict.problems] == ["unknown_colors"]
     assert "1.png" in strict.problems[0].message and "50.00%" in strict.problems[0].message
 
@@ -107,7 +111,11 @@ def test_cityscapes_missing_mask_and_progress(tmp_path):
     save(tmp_path / "leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png", np.zeros((4, 4, 3), dtype=np.uint8))
     save(tmp_path / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png", np.full((4, 4), 26, dtype=np.uint8))
     calls = []
-    report = run_check(DataConfig(format="cityscapes", root=str(tmp_path)), "val", progress=lambda done, total: calls.append((done, total)))
+    report = run_check(
+        DataConfig(format="cityscapes", root=str(tmp_path)),
+        "val",
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert [p.kind for p in report.problems] == ["missing_mask"]
     assert "bonn_000001_000019_leftImg8bit.png" in report.problems[0].message
     assert report.class_pixels[13] == 16 and calls == [(1, 1)]
@@ -195,8 +203,9 @@ def test_unmatched_threshold_is_a_setting(tmp_path, capsys):
 
 def test_training_reports_the_unmatched_colour_fraction_once(tmp_path, caplog):
     from conftest import tiny_config_dict
+
     from pspnet.config import Config
-    from pspnet.engine.trainer import Trainer
+    from pspnet.training.trainer import Trainer
 
     _jpeg_pairs(tmp_path / "data", 3, quality=85)
     data = tiny_config_dict()

@@ -7,16 +7,15 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config_dict
 from torch import nn
 
 from pspnet import PSPNet, load_model
 from pspnet.config import Config, load_config
-from pspnet.engine.trainer import Trainer
 from pspnet.errors import ConfigError
 from pspnet.losses import PSPLoss, class_presence
 from pspnet.models.heads import LearnedUpsample
-
-from conftest import tiny_config_dict
+from pspnet.training.trainer import Trainer
 
 K = 5
 STAGES = [12, 8, 6]
@@ -52,7 +51,8 @@ def test_transposed_upsampling_is_learned(tiny_model_options):
     options = {**tiny_model_options, "decoder": "progressive", "progressive_channels": STAGES}
     progressive = PSPNet(K, **options)
     progressive_learned = PSPNet(K, **options, upsample="transposed")
-    assert count(progressive_learned) - count(progressive) == (16 + 12 + 8) * 4 * 4  # a depthwise 4x4 kernel per stage input
+    # a depthwise 4x4 kernel per stage input
+    assert count(progressive_learned) - count(progressive) == (16 + 12 + 8) * 4 * 4
     x = torch.randn(2, 3, 17, 30)
     for model in (learned, progressive_learned):
         outputs = model.train()(x)
@@ -71,8 +71,10 @@ def test_learned_upsampling_starts_as_bilinear(factor):
     torch.testing.assert_close(learned[inner], bilinear[inner])
 
 
-@pytest.mark.parametrize("aux,outputs", [("seg", {"out", "aux"}), ("cls", {"out", "cls"}),
-                                         ("both", {"out", "aux", "cls"}), ("none", {"out"})])
+@pytest.mark.parametrize(
+    "aux,outputs",
+    [("seg", {"out", "aux"}), ("cls", {"out", "cls"}), ("both", {"out", "aux", "cls"}), ("none", {"out"})],
+)
 def test_aux_options(tiny_model_options, aux, outputs):
     model = PSPNet(K, **{**tiny_model_options, "aux": aux})
     result = model.train()(torch.randn(2, 3, 17, 30))
@@ -87,12 +89,15 @@ def test_aux_options(tiny_model_options, aux, outputs):
 
 
 def test_class_presence_target_skips_ignored_pixels():
-    masks = torch.tensor([
-        [[0, 0, 255], [2, 255, 255]],
-        [[255, 255, 255], [3, 3, 255]],
-        [[255, 255, 255], [255, 255, 255]],
-        [[1, 1, 1], [1, 1, 1]],
-    ], dtype=torch.uint8)
+    masks = torch.tensor(
+        [
+            [[0, 0, 255], [2, 255, 255]],
+            [[255, 255, 255], [3, 3, 255]],
+            [[255, 255, 255], [255, 255, 255]],
+            [[1, 1, 1], [1, 1, 1]],
+        ],
+        dtype=torch.uint8,
+    )
     expected = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.float32)
     torch.testing.assert_close(class_presence(masks, 4), expected)
 
@@ -112,8 +117,10 @@ def test_loss_adds_weighted_class_presence_bce():
 
 
 def test_decoder_settings_shape_the_head(tiny_model_options):
-    model = PSPNet(K, **{**tiny_model_options, "bins": [1, 2, 3, 4, 6, 8], "ppm_channels": 4,
-                         "decoder_channels": 24, "dropout": 0.7})
+    model = PSPNet(
+        K,
+        **{**tiny_model_options, "bins": [1, 2, 3, 4, 6, 8], "ppm_channels": 4, "decoder_channels": 24, "dropout": 0.7},
+    )
     head = model.decode_head
     assert [branch[0].output_size for branch in head.ppm.branches] == [1, 2, 3, 4, 6, 8]
     assert head.ppm.out_channels == 64 + 6 * 4 and head.fusion[0].in_channels == 88
@@ -122,14 +129,17 @@ def test_decoder_settings_shape_the_head(tiny_model_options):
     assert PSPNet(K, **{**tiny_model_options, "dropout": 0.0}).decode_head.dropout.p == 0.0
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.dropout=1.5", r"model.dropout: expected a probability in \[0, 1\], got 1.5"),
-    ("model.decoder=unet", r"model.decoder: expected one of 'psp', 'progressive'"),
-    ("model.upsample=nearest", r"model.upsample: expected one of 'bilinear', 'transposed'"),
-    ("model.aux=fcn", r"model.aux: expected one of 'seg', 'none', 'cls', 'both'"),
-    ("model.progressive_channels=[]", r"model.progressive_channels: expected a non-empty list"),
-    ("train.cls_weight=-1", r"train.cls_weight: expected a non-negative float"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.dropout=1.5", r"model.dropout: expected a probability in \[0, 1\], got 1.5"),
+        ("model.decoder=unet", r"model.decoder: expected one of 'psp', 'progressive'"),
+        ("model.upsample=nearest", r"model.upsample: expected one of 'bilinear', 'transposed'"),
+        ("model.aux=fcn", r"model.aux: expected one of 'seg', 'none', 'cls', 'both'"),
+        ("model.progressive_channels=[]", r"model.progressive_channels: expected a non-empty list"),
+        ("train.cls_weight=-1", r"train.cls_weight: expected a non-negative float"),
+    ],
+)
 def test_invalid_decoder_values_are_specific(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -146,7 +156,11 @@ def test_training_with_progressive_decoder_and_both_aux_heads(tmp_path):
     assert result.iteration == 2 and result.last_checkpoint.is_file()
     # every part of the decoder and both auxiliary heads were trained
     for part in ("decode_head.stages", "decode_head.classifier", "aux_head", "cls_head"):
-        changed = [name for name, p in trainer.model.named_parameters() if name.startswith(part) and not torch.equal(p, before[name])]
+        changed = [
+            name
+            for name, p in trainer.model.named_parameters()
+            if name.startswith(part) and not torch.equal(p, before[name])
+        ]
         assert changed, f"no parameter of {part} changed"
     rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
     assert len(rows) == 2 and all(float(row["cls"]) > 0 and float(row["aux"]) > 0 for row in rows)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config_dict
 from PIL import Image
 
 from pspnet import load_model
@@ -29,12 +30,10 @@ from pspnet.models import create_model
 from pspnet.runtime.bf16 import BFloat16Model
 from pspnet.runtime.onnx_model import OnnxModel
 
-from conftest import tiny_config_dict
-
 if os.environ.get("CI") != "true":  # CI installs every extra: there a missing onnxruntime is a failure
     pytest.importorskip("onnxruntime", reason="needs the deploy extra: pip install 'pspnet[deploy]'")
     pytest.importorskip("onnxscript", reason="needs the deploy extra: pip install 'pspnet[deploy]'")
-import onnx  # noqa: E402
+import onnx
 
 EXPORT_SIZE = (40, 40)  # the tiny config's training crop, the default export size
 
@@ -74,6 +73,7 @@ def exported(tiny):
 
 # --- onnx fp32: numbers, metadata, dynamic axes -----------------------------------------------------
 
+
 def test_onnx_logits_equal_pytorch_at_sizes_the_export_never_saw(exported):
     checkpoint, onnx_path = exported
     reference, runtime = load_model(checkpoint), load_model(onnx_path)
@@ -108,7 +108,9 @@ def test_onnx_file_describes_itself(exported):
 def test_every_protocol_runs_on_onnx_unchanged(exported):
     """slide + flip + multi-scale through the same Inferencer: the probabilities match PyTorch's."""
     checkpoint, onnx_path = exported
-    settings = EvalConfig(mode="slide", crop_size=[32, 40], stride=[21, 27], scales=[0.75, 1.25], flip=True, window_batch=3)
+    settings = EvalConfig(
+        mode="slide", crop_size=[32, 40], stride=[21, 27], scales=[0.75, 1.25], flip=True, window_batch=3
+    )
     x = torch.randn(1, 3, 53, 71, generator=torch.Generator().manual_seed(2))
     expected = Inferencer(load_model(checkpoint), settings).probabilities(x)
     actual = Inferencer(load_model(onnx_path), settings).probabilities(x)
@@ -121,8 +123,21 @@ def test_onnx_predict_and_cli_match_pytorch(exported, tmp_path):
     expected = load_model(checkpoint).predict(image)
     np.testing.assert_array_equal(load_model(onnx_path).predict(image), expected)
     Image.fromarray(image).save(tmp_path / "photo.png")
-    assert main(["--quiet", "predict", str(onnx_path), str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(onnx_path),
+                str(tmp_path / "photo.png"),
+                "--out",
+                str(tmp_path / "out"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert torch.get_num_threads() == 1
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out/labels/photo.png")), expected)
     # evaluate reads the dataset from the config stored in the ONNX file, and agrees with PyTorch
@@ -164,11 +179,26 @@ def test_onnx_without_pspnet_metadata_is_refused(exported, tmp_path):
 
 # --- int8 and pt2 ---------------------------------------------------------------------------------
 
+
 def test_int8_export_is_quantized_per_channel_and_agrees(tiny, exported, capsys):
     checkpoint, config_path = tiny
     out = checkpoint.with_name("tiny-int8.onnx")
-    assert main(["export", str(checkpoint), str(out), "--format", "onnx-int8", "--calibration", str(config_path),
-                 "--calibration-images", "8"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                str(out),
+                "--format",
+                "onnx-int8",
+                "--calibration",
+                str(config_path),
+                "--calibration-images",
+                "8",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "calibration: 8 train images" in printed and "argmax agreement" in printed
     proto = onnx.load(str(out))
@@ -186,8 +216,16 @@ def test_int8_export_is_quantized_per_channel_and_agrees(tiny, exported, capsys)
     meta = {entry.key: entry.value for entry in proto.metadata_props}
     assert meta["precision"] == "int8" and json.loads(meta["classes"])[0] == "sky"
     reference, quantized = load_model(checkpoint), load_model(out)
-    images = torch.stack([torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in
-                          (ContextScenes("val", 4, (48, 48), seed=5).load(i) for i in range(4))]).float().div(255)
+    images = (
+        torch.stack(
+            [
+                torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)
+                for s in (ContextScenes("val", 4, (48, 48), seed=5).load(i) for i in range(4))
+            ]
+        )
+        .float()
+        .div(255)
+    )
     mean, std = torch.tensor(reference.card.mean)[:, None, None], torch.tensor(reference.card.std)[:, None, None]
     batch = (images - mean) / std
     with torch.inference_mode():
@@ -202,8 +240,9 @@ def test_pt2_export_is_dynamic_and_carries_the_metadata(tmp_path):
     data["model"].update(decoder="progressive", upsample="transposed", progressive_channels=[8, 8, 8])
     config = Config.from_dict(data)
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "progressive.safetensors",
-                                 create_model(config, ContextScenes("val", 1).classes).eval(), config)
+    checkpoint = save_checkpoint(
+        tmp_path / "progressive.safetensors", create_model(config, ContextScenes("val", 1).classes).eval(), config
+    )
     out = tmp_path / "tiny.pt2"
     report = export_module.export_model(checkpoint, out, "pt2")
     assert [check.shape[2:] for check in report.checks] == [EXPORT_SIZE, *VERIFY_SIZES]
@@ -220,6 +259,7 @@ def test_pt2_export_is_dynamic_and_carries_the_metadata(tmp_path):
 
 # --- verification and bad input: exit 2, nothing written ----------------------------------------------
 
+
 def test_verification_catches_a_model_that_disagrees(tiny):
     reference = load_model(tiny[0])
     slightly_off = lambda x: reference(x) * (1 + 1e-3)  # noqa: E731
@@ -232,6 +272,7 @@ def test_verification_catches_a_model_that_disagrees(tiny):
 
 def test_a_refused_export_leaves_no_file(tiny, tmp_path, monkeypatch, capsys):
     """The file is written under a temporary name and only renamed once verified."""
+
     def write_then_fail(model, size, opset, metadata, path):
         path.write_bytes(b"half an export")
         raise ExportError("the ONNX export does not reproduce the model")
@@ -242,14 +283,17 @@ def test_a_refused_export_leaves_no_file(tiny, tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case,message", [
-    ("not_a_checkpoint", "cannot be read as a checkpoint"),
-    ("onnx_input", "is an ONNX file; this needs a PyTorch checkpoint"),
-    ("out_under_a_file", "is not a writable directory"),
-    ("unknown_format", "unknown export format 'tflite'; choose one of onnx, onnx-int8, pt2"),
-    ("old_opset", "--opset: ONNX formats only, 18 or newer"),
-    ("calibration_data_missing", "dataset root not found"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("not_a_checkpoint", "cannot be read as a checkpoint"),
+        ("onnx_input", "is an ONNX file; this needs a PyTorch checkpoint"),
+        ("out_under_a_file", "is not a writable directory"),
+        ("unknown_format", "unknown export format 'tflite'; choose one of onnx, onnx-int8, pt2"),
+        ("old_opset", "--opset: ONNX formats only, 18 or newer"),
+        ("calibration_data_missing", "dataset root not found"),
+    ],
+)
 def test_export_bad_input_is_one_line_and_writes_nothing(tiny, exported, tmp_path, case, message, capsys):
     checkpoint, _ = tiny
     (tmp_path / "notes.txt").write_text("not a checkpoint")
@@ -263,8 +307,14 @@ def test_export_bad_input_is_one_line_and_writes_nothing(tiny, exported, tmp_pat
         "out_under_a_file": [str(checkpoint), str(tmp_path / "notes.txt" / "m.onnx")],
         "unknown_format": [str(checkpoint), str(out), "--format", "tflite"],
         "old_opset": [str(checkpoint), str(out), "--opset", "13"],
-        "calibration_data_missing": [str(checkpoint), str(out), "--format", "onnx-int8",
-                                     "--calibration", str(tmp_path / "folders.yaml")],
+        "calibration_data_missing": [
+            str(checkpoint),
+            str(out),
+            "--format",
+            "onnx-int8",
+            "--calibration",
+            str(tmp_path / "folders.yaml"),
+        ],
     }[case]
     assert main(["export", *argv]) == 2
     err = capsys.readouterr().err
@@ -273,6 +323,7 @@ def test_export_bad_input_is_one_line_and_writes_nothing(tiny, exported, tmp_pat
 
 
 # --- bf16 -------------------------------------------------------------------------------------------
+
 
 def test_bf16_backend_keeps_batchnorm_in_float32_and_agrees(tiny, tmp_path):
     checkpoint, _ = tiny
@@ -291,4 +342,7 @@ def test_bf16_backend_keeps_batchnorm_in_float32_and_agrees(tiny, tmp_path):
     assert (actual.argmax(1) == expected.argmax(1)).double().mean() > 0.97
     with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
         load_model(checkpoint, backend="tensorrt")
-    assert main(["--quiet", "evaluate", str(checkpoint), "--backend", "torch-bf16", "--out", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(["--quiet", "evaluate", str(checkpoint), "--backend", "torch-bf16", "--out", str(tmp_path / "r.json")])
+        == 0
+    )

@@ -22,13 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from conftest import tiny_config_dict
 from safetensors.torch import load_file
 from torch import nn
 
 from pspnet.cli import main
-from pspnet.engine.sync_bn import SyncBatchNorm
-
-from conftest import tiny_config_dict
+from pspnet.training.sync_bn import SyncBatchNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
@@ -41,7 +40,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, extra: list[str] | None = None, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, nproc: int = 2, extra: list[str] | None = None, timeout: int = TIMEOUT
+) -> subprocess.CompletedProcess:
     launcher = extra or ["--standalone", "--nproc-per-node", str(nproc)]
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "pspnet", "--quiet", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
@@ -69,7 +70,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     config = write_config(root / "tiny.yaml")
     assert main(["--quiet", "train", str(config), "--out", str(root / "one")]) == 0
-    shortcut = [sys.executable, "-m", "pspnet", "--quiet", "train", str(config), "--out", str(root / "two"), "--nproc-per-node", "2"]
+    shortcut = [
+        sys.executable,
+        "-m",
+        "pspnet",
+        "--quiet",
+        "train",
+        str(config),
+        "--out",
+        str(root / "two"),
+        "--nproc-per-node",
+        "2",
+    ]
     result = subprocess.run(shortcut, capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
     assert result.returncode == 0, result.stderr
     result = torchrun("train", str(config), "--out", str(root / "two-no-sync"), "--set", "train.sync_bn=false")
@@ -121,14 +133,19 @@ def _sync_bn_worker(rank: int, world: int, init_file: str, sizes: list[int], res
     with torch.no_grad():
         synced_out = SyncBatchNorm.forward(synced.eval(), part.detach())
         reference_out = reference.eval()(x[local])
-    results.put((rank, {
-        "eval_output": (synced_out - reference_out).abs().max().item(),
-        "input_grad": (part.grad - whole.grad[local]).abs().max().item(),
-        "weight_grad": (weight_grad - reference.weight.grad).abs().max().item(),
-        "bias_grad": (bias_grad - reference.bias.grad).abs().max().item(),
-        "running_mean": (synced.running_mean - reference.running_mean).abs().max().item(),
-        "running_var": (synced.running_var - reference.running_var).abs().max().item(),
-    }))
+    results.put(
+        (
+            rank,
+            {
+                "eval_output": (synced_out - reference_out).abs().max().item(),
+                "input_grad": (part.grad - whole.grad[local]).abs().max().item(),
+                "weight_grad": (weight_grad - reference.weight.grad).abs().max().item(),
+                "bias_grad": (bias_grad - reference.bias.grad).abs().max().item(),
+                "running_mean": (synced.running_mean - reference.running_mean).abs().max().item(),
+                "running_var": (synced.running_var - reference.running_var).abs().max().item(),
+            },
+        )
+    )
     dist.destroy_process_group()
 
 
@@ -155,10 +172,33 @@ def test_two_nodes_on_localhost_train_like_one_process(runs, tmp_path):
     out = tmp_path / "nodes"
     launches = []
     for node in range(2):
-        launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node), "--rdzv-backend", "c10d",
-                    "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "pspnet-test"]
-        command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "pspnet", "--quiet", "train",
-                   str(runs["config"]), "--out", str(out)]
+        launcher = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(node),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "pspnet-test",
+        ]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            *launcher,
+            "-m",
+            "pspnet",
+            "--quiet",
+            "train",
+            str(runs["config"]),
+            "--out",
+            str(out),
+        ]
         launches.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
     for launch in launches:
         _, err = launch.communicate(timeout=TIMEOUT)
@@ -177,6 +217,7 @@ def test_distributed_evaluation_and_prediction_equal_one_process(runs, tmp_path)
     inputs = tmp_path / "images"
     inputs.mkdir()
     from PIL import Image
+
     from pspnet.data.synthetic import ContextScenes
 
     for index in range(5):
@@ -203,8 +244,13 @@ def test_a_rank_that_fails_on_bad_data_stops_the_job_with_its_error(tmp_path):
     (tmp_path / "data/train/images/3.png").write_text("broken")
     (tmp_path / "classes.yaml").write_text("names: [a, b]\n")
     config = tiny_config_dict(max_iters=20, batch_size=4, checkpoint_interval=100, eval_interval=100)
-    config["data"].update(format="folders", root=str(tmp_path / "data"), classes_file=str(tmp_path / "classes.yaml"),
-                          val_split="train", augment={"scale": None, "rotate": 0, "blur": 0, "flip": False, "crop_size": [40, 40]})
+    config["data"].update(
+        format="folders",
+        root=str(tmp_path / "data"),
+        classes_file=str(tmp_path / "classes.yaml"),
+        val_split="train",
+        augment={"scale": None, "rotate": 0, "blur": 0, "flip": False, "crop_size": [40, 40]},
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     start = time.monotonic()
     result = torchrun("train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"))
@@ -220,9 +266,24 @@ def test_a_killed_job_resumes_on_two_processes_to_the_same_weights(runs, tmp_pat
     reference = torchrun("train", str(config), "--out", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pspnet",
-               "--quiet", "train", str(config), "--out", str(run)]
-    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pspnet",
+        "--quiet",
+        "train",
+        str(config),
+        "--out",
+        str(run),
+    ]
+    job = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True
+    )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and not (run / "checkpoints/last.resume.pt").exists():
         time.sleep(0.1)

@@ -72,7 +72,9 @@ def test_every_family_trains_at_odd_sizes(family):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("output_stride,reductions", [(8, [2, 4, 8, 8, 8]), (16, [2, 4, 8, 16, 16]), (32, [2, 4, 8, 16, 32])])
+@pytest.mark.parametrize(
+    "output_stride,reductions", [(8, [2, 4, 8, 8, 8]), (16, [2, 4, 8, 16, 16]), (32, [2, 4, 8, 16, 32])]
+)
 def test_dilatable_encoders_honour_the_output_stride(output_stride, reductions):
     encoder = build_encoder(ModelConfig(encoder="mobilenetv2_x0.25", output_stride=output_stride))
     assert encoder.reductions == reductions
@@ -111,8 +113,9 @@ def test_swin_matches_a_fixed_size_reference_at_non_window_sizes():
     are the logits computed from them."""
     torch.manual_seed(0)
     model = PSPNet(3, encoder="swin_tiny_patch4_window7_224", encoder_kwargs=SWIN_TINY, **HEAD).eval()
-    reference = timm.create_model("swin_tiny_patch4_window7_224", features_only=True, img_size=(64, 64),
-                                  always_partition=True, **SWIN_TINY).eval()
+    reference = timm.create_model(
+        "swin_tiny_patch4_window7_224", features_only=True, img_size=(64, 64), always_partition=True, **SWIN_TINY
+    ).eval()
     reference.load_state_dict(model.encoder.body.state_dict())
     shifted = [block for layer in list(reference.children())[1:] for block in layer.blocks[1::2]]
     assert len(shifted) == 4 and all(block.attn_mask is not None for block in shifted)  # static shifted-window masks
@@ -120,7 +123,9 @@ def test_swin_matches_a_fixed_size_reference_at_non_window_sizes():
     with torch.no_grad():
         ours = model.encoder(x)
         padded = reference(F.pad(x, (0, 64 - 47, 0, 64 - 33)))
-        expected = [f.permute(0, 3, 1, 2)[..., : math.ceil(33 / r), : math.ceil(47 / r)] for f, r in zip(padded, [4, 8, 16, 32])]
+        expected = [
+            f.permute(0, 3, 1, 2)[..., : math.ceil(33 / r), : math.ceil(47 / r)] for f, r in zip(padded, [4, 8, 16, 32])
+        ]
         for feature, cropped in zip(ours, expected):
             torch.testing.assert_close(feature, cropped, rtol=1e-4, atol=1e-5)
         logits = F.interpolate(model.decode_head(expected[-1]), size=(33, 47), mode="bilinear", align_corners=False)
@@ -137,7 +142,9 @@ def test_swin_output_stride_rules():
         build_encoder(ModelConfig(encoder="resnet18", output_stride=4))
 
 
-@pytest.mark.parametrize("family,channels", [("resnet", 4), ("mobilenetv2", 4), ("swin", 1), ("timm-no-dilation", 4), ("lite", 1)])
+@pytest.mark.parametrize(
+    "family,channels", [("resnet", 4), ("mobilenetv2", 4), ("swin", 1), ("timm-no-dilation", 4), ("lite", 1)]
+)
 def test_in_channels(family, channels):
     options, _ = FAMILIES[family]
     model = PSPNet(3, **options, **HEAD, in_channels=channels).eval()
@@ -188,8 +195,12 @@ def test_swin_weights_load_across_timm_feature_names(tmp_path):
     state = _full_model_state("swin_tiny_patch4_window7_224", **SWIN_TINY)
     path = tmp_path / "swin.pth"
     torch.save(state, path)
-    encoder = build_encoder(ModelConfig(encoder="swin_tiny_patch4_window7_224", encoder_kwargs=SWIN_TINY, encoder_weights=str(path)))
-    torch.testing.assert_close(encoder.body.layers_2.blocks[0].attn.qkv.weight, state["layers.2.blocks.0.attn.qkv.weight"])
+    encoder = build_encoder(
+        ModelConfig(encoder="swin_tiny_patch4_window7_224", encoder_kwargs=SWIN_TINY, encoder_weights=str(path))
+    )
+    torch.testing.assert_close(
+        encoder.body.layers_2.blocks[0].attn.qkv.weight, state["layers.2.blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_three_channel_weights_are_adapted_to_one_channel(tmp_path):
@@ -207,7 +218,9 @@ def test_mismatched_weights_are_reported(tmp_path):
         build_encoder(ModelConfig(encoder="mobilenetv2_x0.5", encoder_weights=str(wrong_model)))
     wrong_width = tmp_path / "mobilenetv2_100.safetensors"
     save_file(_full_model_state("mobilenetv2_100"), str(wrong_width))
-    with pytest.raises(CheckpointError, match=r"wrong shape \(\d+\): conv_stem.weight \(file \(32, 3, 3, 3\), model \(16, 3, 3, 3\)\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape \(\d+\): conv_stem.weight \(file \(32, 3, 3, 3\), model \(16, 3, 3, 3\)\)"
+    ):
         build_encoder(ModelConfig(encoder="mobilenetv2_x0.5", encoder_weights=str(wrong_width)))
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         build_encoder(ModelConfig(encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth")))
@@ -226,12 +239,16 @@ def no_download(monkeypatch):
 
 def test_imagenet_weights_fail_fast_offline(monkeypatch, no_download):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match=r"HF_HUB_OFFLINE is set.*model.encoder_weights: /path/to/resnet18.safetensors"):
+    with pytest.raises(
+        ConfigError, match=r"HF_HUB_OFFLINE is set.*model.encoder_weights: /path/to/resnet18.safetensors"
+    ):
         build_encoder(ModelConfig(encoder="resnet18", encoder_weights="imagenet"))
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     start = time.monotonic()
-    with pytest.raises(ConfigError, match=r"127.0.0.1:9 cannot be reached.*st.save_file\(timm.create_model\('swin_tiny"):
+    with pytest.raises(
+        ConfigError, match=r"127.0.0.1:9 cannot be reached.*st.save_file\(timm.create_model\('swin_tiny"
+    ):
         build_encoder(ModelConfig(encoder="swin_tiny_patch4_window7_224", encoder_weights="imagenet"))
     assert time.monotonic() - start < weights.HUB_TIMEOUT_S + 2
 
@@ -258,9 +275,13 @@ def test_models_command_lists_families_and_reports_size(capsys):
 
 
 def _bn(prefix: str, channels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.weight": torch.rand(channels, generator=generator), f"{prefix}.bias": torch.randn(channels, generator=generator),
-            f"{prefix}.running_mean": torch.randn(channels, generator=generator),
-            f"{prefix}.running_var": torch.rand(channels, generator=generator) + 0.5, f"{prefix}.num_batches_tracked": torch.tensor(7)}
+    return {
+        f"{prefix}.weight": torch.rand(channels, generator=generator),
+        f"{prefix}.bias": torch.randn(channels, generator=generator),
+        f"{prefix}.running_mean": torch.randn(channels, generator=generator),
+        f"{prefix}.running_var": torch.rand(channels, generator=generator) + 0.5,
+        f"{prefix}.num_batches_tracked": torch.tensor(7),
+    }
 
 
 def _reference_resnet50(stem_names: list[str], width: int, planes=(8, 16, 32, 64)) -> dict[str, torch.Tensor]:
@@ -269,38 +290,69 @@ def _reference_resnet50(stem_names: list[str], width: int, planes=(8, 16, 32, 64
     generator = torch.Generator().manual_seed(0)
     conv = lambda out, inp, k: torch.randn(out, inp, k, k, generator=generator)  # noqa: E731
     c1, b1, c2, b2, c3, b3 = stem_names
-    state = {f"{c1}.weight": conv(width, 3, 3), **_bn(b1, width, generator), f"{c2}.weight": conv(width, width, 3),
-             **_bn(b2, width, generator), f"{c3}.weight": conv(2 * width, width, 3), **_bn(b3, 2 * width, generator)}
+    state = {
+        f"{c1}.weight": conv(width, 3, 3),
+        **_bn(b1, width, generator),
+        f"{c2}.weight": conv(width, width, 3),
+        **_bn(b2, width, generator),
+        f"{c3}.weight": conv(2 * width, width, 3),
+        **_bn(b3, 2 * width, generator),
+    }
     inplanes = 2 * width
     for stage, (count, plane) in enumerate(zip((3, 4, 6, 3), planes), 1):
         for block in range(count):
             name = f"layer{stage}.{block}"
-            state.update({f"{name}.conv1.weight": conv(plane, inplanes, 1), **_bn(f"{name}.bn1", plane, generator),
-                          f"{name}.conv2.weight": conv(plane, plane, 3), **_bn(f"{name}.bn2", plane, generator),
-                          f"{name}.conv3.weight": conv(4 * plane, plane, 1), **_bn(f"{name}.bn3", 4 * plane, generator)})
+            state.update(
+                {
+                    f"{name}.conv1.weight": conv(plane, inplanes, 1),
+                    **_bn(f"{name}.bn1", plane, generator),
+                    f"{name}.conv2.weight": conv(plane, plane, 3),
+                    **_bn(f"{name}.bn2", plane, generator),
+                    f"{name}.conv3.weight": conv(4 * plane, plane, 1),
+                    **_bn(f"{name}.bn3", 4 * plane, generator),
+                }
+            )
             if block == 0:
-                state.update({f"{name}.downsample.0.weight": conv(4 * plane, inplanes, 1), **_bn(f"{name}.downsample.1", 4 * plane, generator)})
+                state.update(
+                    {
+                        f"{name}.downsample.0.weight": conv(4 * plane, inplanes, 1),
+                        **_bn(f"{name}.downsample.1", 4 * plane, generator),
+                    }
+                )
             inplanes = 4 * plane
     state.update({"fc.weight": torch.randn(1000, inplanes, generator=generator), "fc.bias": torch.zeros(1000)})
     return state
 
 
-@pytest.mark.parametrize("encoder,stem_names", [
-    ("resnet50_deepstem", ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]),  # semseg's initmodel/resnet50_v2.pth
-    ("resnet50_v1c", ["stem.0", "stem.1", "stem.3", "stem.4", "stem.6", "stem.7"]),  # mmcv's resnet50_v1c
-])
+@pytest.mark.parametrize(
+    "encoder,stem_names",
+    [
+        ("resnet50_deepstem", ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]),  # semseg's initmodel/resnet50_v2.pth
+        ("resnet50_v1c", ["stem.0", "stem.1", "stem.3", "stem.4", "stem.6", "stem.7"]),  # mmcv's resnet50_v1c
+    ],
+)
 def test_reference_imagenet_resnets_load_into_their_encoder(tmp_path, encoder, stem_names):
     state = _reference_resnet50(stem_names, width=8)
     path = tmp_path / "resnet50_imagenet.pth"
     torch.save({"state_dict": state}, path)
-    model = PSPNet(3, encoder=encoder, encoder_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
-                   encoder_weights=str(path), **HEAD)
+    model = PSPNet(
+        3,
+        encoder=encoder,
+        encoder_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
+        encoder_weights=str(path),
+        **HEAD,
+    )
     stem, bn = model.encoder.conv1, model.encoder.bn1
-    pairs = [(stem[0].weight, state[f"{stem_names[0]}.weight"]), (stem[1].running_mean, state[f"{stem_names[1]}.running_mean"]),
-             (stem[3].weight, state[f"{stem_names[2]}.weight"]), (stem[4].bias, state[f"{stem_names[3]}.bias"]),
-             (stem[6].weight, state[f"{stem_names[4]}.weight"]), (bn.running_var, state[f"{stem_names[5]}.running_var"]),
-             (model.encoder.layer3[5].conv2.weight, state["layer3.5.conv2.weight"]),
-             (model.encoder.layer4[0].downsample[1].weight, state["layer4.0.downsample.1.weight"])]
+    pairs = [
+        (stem[0].weight, state[f"{stem_names[0]}.weight"]),
+        (stem[1].running_mean, state[f"{stem_names[1]}.running_mean"]),
+        (stem[3].weight, state[f"{stem_names[2]}.weight"]),
+        (stem[4].bias, state[f"{stem_names[3]}.bias"]),
+        (stem[6].weight, state[f"{stem_names[4]}.weight"]),
+        (bn.running_var, state[f"{stem_names[5]}.running_var"]),
+        (model.encoder.layer3[5].conv2.weight, state["layer3.5.conv2.weight"]),
+        (model.encoder.layer4[0].downsample[1].weight, state["layer4.0.downsample.1.weight"]),
+    ]
     for loaded, stored in pairs:
         torch.testing.assert_close(loaded, stored, rtol=0, atol=0)
     report = load_encoder_weights(model.encoder, path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import open_source
 from PIL import Image
 
 from pspnet.classes import IGNORE_INDEX, default_palette
@@ -17,8 +18,6 @@ from pspnet.data.formats.cityscapes import cityscapes_classes, label_id_to_train
 from pspnet.data.palettes import decode_colors, load_classes_file
 from pspnet.data.sources import SOURCES
 from pspnet.errors import DataError
-
-from conftest import open_source
 
 RNG = np.random.default_rng(0)
 
@@ -66,11 +65,13 @@ def test_cityscapes_tables_follow_the_official_labels():
         assert to_train[label.id] == expected, label.name
         if expected != IGNORE_INDEX:
             assert to_label[label.trainId] == label.id, label.name
-    train_labels = sorted((l for l in labels if 0 <= l.trainId < IGNORE_INDEX), key=lambda l: l.trainId)
-    assert [l.trainId for l in train_labels] == list(range(19))
+    train_labels = sorted(
+        (entry for entry in labels if 0 <= entry.trainId < IGNORE_INDEX), key=lambda entry: entry.trainId
+    )
+    assert [entry.trainId for entry in train_labels] == list(range(19))
     classes = cityscapes_classes()
-    assert classes.names == tuple(l.name for l in train_labels)
-    assert classes.palette == tuple(tuple(l.color) for l in train_labels)
+    assert classes.names == tuple(entry.name for entry in train_labels)
+    assert classes.palette == tuple(tuple(entry.color) for entry in train_labels)
     assert (to_train[34:] == IGNORE_INDEX).all()
 
 
@@ -119,7 +120,9 @@ def test_ade20k_shifts_labels_and_ignores_other(tmp_path, inside):
     assert len(source) == 1 and source.name(0) == "ADE_val_00000001"
     np.testing.assert_array_equal(source.load(0).mask, blocks([[255, 0], [149, 74]], 5))
     assert source.classes.num_classes == 150 and len(ADE20K_NAMES) == 150
-    assert source.classes.names[:5] == ("wall", "building", "sky", "floor", "tree") and source.classes.names[-1] == "flag"
+    assert (
+        source.classes.names[:5] == ("wall", "building", "sky", "floor", "tree") and source.classes.names[-1] == "flag"
+    )
     assert len(open_source("ade20k", root, "train")) == 0
 
 
@@ -150,7 +153,11 @@ def test_voc_palette_pngs_give_class_ids_and_keep_borders(tmp_path):
     assert stored.mode == "P"
     source = open_source("voc", tmp_path, "val")
     assert len(source) == 1 and source.name(0) == "2007_000033"
-    assert source.classes.names[0] == "background" and source.classes.names[15] == "person" and source.classes.num_classes == 21
+    assert (
+        source.classes.names[0] == "background"
+        and source.classes.names[15] == "person"
+        and source.classes.num_classes == 21
+    )
     mask = source.load(0).mask
     np.testing.assert_array_equal(mask, labels)
     assert (mask[5:7] == IGNORE_INDEX).all()
@@ -198,7 +205,9 @@ def test_pairs_decode_jpeg_masks_to_class_ids(tmp_path):
     assert (sample.mask[keep] == truth[keep]).mean() >= 0.99
     second = source.load(1)
     assert 1 / 64 <= source.unmatched_fraction < 0.1
-    assert source.unmatched_pixels == np.count_nonzero(sample.mask == IGNORE_INDEX) + np.count_nonzero(second.mask == IGNORE_INDEX)
+    assert source.unmatched_pixels == np.count_nonzero(sample.mask == IGNORE_INDEX) + np.count_nonzero(
+        second.mask == IGNORE_INDEX
+    )
 
 
 def test_pairs_with_custom_classes_and_tolerance(tmp_path):
@@ -226,7 +235,11 @@ def test_pairs_odd_width_names_the_file(tmp_path):
 
 
 def write_classes(path: Path, **extra) -> Path:
-    path.write_text(json.dumps({"names": ["road", "car", "person"], "palette": [[128, 64, 128], [0, 0, 142], [220, 20, 60]], **extra}))
+    path.write_text(
+        json.dumps(
+            {"names": ["road", "car", "person"], "palette": [[128, 64, 128], [0, 0, 142], [220, 20, 60]], **extra}
+        )
+    )
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config_dict
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -33,18 +34,17 @@ from pspnet.checkpoint import save_checkpoint
 from pspnet.cli import main
 from pspnet.config import Config
 from pspnet.data.synthetic import ContextScenes
-from pspnet.engine import trainer as trainer_module
 from pspnet.errors import CheckpointError, DataError
 from pspnet.io.images import read_image
 from pspnet.models import create_model
-
-from conftest import tiny_config_dict
+from pspnet.training import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def png(width: int, height: int, bit_depth: int, colour_type: int, row: bytes) -> bytes:
     """A PNG of identical rows, compressed row by row (a 30000x30000 image costs no memory to make)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -158,7 +158,9 @@ def hostile_dataset(catalogue, tmp_path) -> Path:
         for folder in ("images", "masks"):
             (tmp_path / split / folder).mkdir(parents=True)
         for index in range(3):
-            Image.fromarray(ContextScenes("val", 3, (40, 40)).load(index).image).save(tmp_path / split / "images" / f"good{index}.png")
+            Image.fromarray(ContextScenes("val", 3, (40, 40)).load(index).image).save(
+                tmp_path / split / "images" / f"good{index}.png"
+            )
             Image.fromarray(np.full((40, 40), index, np.uint8)).save(tmp_path / split / "masks" / f"good{index}.png")
         for name in ("bomb.png", "text.png"):
             (tmp_path / split / "images" / name).write_bytes((catalogue / name).read_bytes())
@@ -182,8 +184,15 @@ def test_train_stops_naming_a_bomb_and_skip_bad_skips_it(hostile_dataset, capsys
 def test_evaluate_stops_naming_a_bad_file_and_skip_bad_skips_it(hostile_dataset, capsys):
     config = Config.from_dict(yaml.safe_load((hostile_dataset / "config.yaml").read_text()))
     checkpoint = save_checkpoint(hostile_dataset / "model3.safetensors", create_model(config), config)
-    args = ["--quiet", "evaluate", str(checkpoint), "--config", str(hostile_dataset / "config.yaml"),
-            "--out", str(hostile_dataset / "e.json")]
+    args = [
+        "--quiet",
+        "evaluate",
+        str(checkpoint),
+        "--config",
+        str(hostile_dataset / "config.yaml"),
+        "--out",
+        str(hostile_dataset / "e.json"),
+    ]
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "Traceback" not in error and "bomb.png refused before decoding" in error
@@ -194,7 +203,11 @@ def test_evaluate_stops_naming_a_bad_file_and_skip_bad_skips_it(hostile_dataset,
 def test_data_check_reports_every_hostile_file(hostile_dataset, capsys):
     assert main(["data", "check", str(hostile_dataset / "config.yaml"), "--split", "val"]) == 1
     out = capsys.readouterr().out
-    assert "unreadable: image" in out and "bomb.png refused before decoding" in out and "text.png: not an image format" in out
+    assert (
+        "unreadable: image" in out
+        and "bomb.png refused before decoding" in out
+        and "text.png: not an image format" in out
+    )
     assert "pairs checked: 3" in out
 
 
@@ -224,7 +237,10 @@ def corrupt_metadata(path: Path, good: Path, change) -> Path:
 
 METADATA_CASES = {
     "not_json": (lambda text: text[:-20], "not valid JSON"),
-    "no_classes": (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "classes"}), "field 'classes'"),
+    "no_classes": (
+        lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "classes"}),
+        "field 'classes'",
+    ),
     "mean_text": (lambda text: json.dumps({**json.loads(text), "mean": ["a", "b", "c"]}), "field 'mean'"),
 }
 
@@ -240,9 +256,11 @@ def test_corrupt_metadata_is_named_by_every_loader(case, checkpoint, tmp_path, c
     Image.fromarray(GOOD).save(tmp_path / "in/x.png")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(init_from=str(bad))))
-    for argv in (["predict", str(bad), str(tmp_path / "in"), "--out", str(tmp_path / "out")],
-                 ["evaluate", str(bad)],
-                 ["train", str(config), "--out", str(tmp_path / "run")]):
+    for argv in (
+        ["predict", str(bad), str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+        ["evaluate", str(bad)],
+        ["train", str(config), "--out", str(tmp_path / "run")],
+    ):
         assert main(["--quiet", *argv]) == 2, argv
         error_text = capsys.readouterr().err
         assert message in error_text and "Traceback" not in error_text
@@ -255,8 +273,8 @@ def test_a_pickle_that_runs_code_is_never_executed(tmp_path, capsys):
     torch.save({"state_dict": {"conv.weight": RunsCode(str(marker))}}, malicious)
     with pytest.raises(CheckpointError, match="cannot be read as a checkpoint"):
         load_model(malicious)
-    from pspnet.models.encoders import build_encoder
     from pspnet.config import ModelConfig
+    from pspnet.models.encoders import build_encoder
 
     with pytest.raises(CheckpointError, match="cannot be read as a checkpoint"):
         build_encoder(ModelConfig(encoder="resnet18", encoder_weights=str(malicious)))
@@ -347,9 +365,14 @@ def test_ctrl_c_to_the_process_group_warns_once_with_loader_workers(tmp_path):
     data = tiny_config_dict(max_iters=100000, checkpoint_interval=100000, eval_interval=100000)
     data["data"]["num_workers"] = 2
     config.write_text(yaml.safe_dump(data))
-    process = subprocess.Popen([sys.executable, "-m", "pspnet", "--quiet", "train", str(config), "--out", str(tmp_path / "run")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pspnet", "--quiet", "train", str(config), "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     log_file = tmp_path / "run/train_log.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not log_file.exists() or len(log_file.read_text().splitlines()) < 3):

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config_dict
 from torch import nn
 
 from pspnet.checkpoint import save_checkpoint
-from pspnet.models import create_model
 from pspnet.cli import main
 from pspnet.config import Config, EvalConfig
 from pspnet.data.synthetic import ContextScenes
-from pspnet.engine.predict import PredictionReport
-from pspnet.inference.protocol import Inferencer, scaled_size, window_grid, window_starts
 from pspnet.errors import ConfigError
-
-from conftest import tiny_config_dict
+from pspnet.inference.protocol import Inferencer, scaled_size, window_grid, window_starts
+from pspnet.jobs.predict_files import PredictionReport
+from pspnet.models import create_model
 
 SEMSEG_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
@@ -100,8 +99,20 @@ def test_sliding_window_labels_are_decided_band_by_band(size, window_batch, monk
     assert max(heights) <= 32 + stride * (rows_per_batch - 1)  # bounded by the windows, not the image height
 
 
-@pytest.mark.parametrize("length, crop, stride", [(32, 32, 22), (33, 32, 22), (75, 32, 22), (76, 32, 22), (100, 32, 21),
-                                                  (714, 713, 476), (1024, 713, 476), (2048, 713, 476), (513, 473, 316)])
+@pytest.mark.parametrize(
+    "length, crop, stride",
+    [
+        (32, 32, 22),
+        (33, 32, 22),
+        (75, 32, 22),
+        (76, 32, 22),
+        (100, 32, 21),
+        (714, 713, 476),
+        (1024, 713, 476),
+        (2048, 713, 476),
+        (513, 473, 316),
+    ],
+)
 def test_windows_cover_every_pixel_and_end_at_the_border(length, crop, stride):
     starts = window_starts(length, crop, stride)
     assert starts[0] == 0 and starts[-1] == length - crop
@@ -138,7 +149,9 @@ def test_small_images_are_padded_evenly_with_the_mean_and_cropped_back():
 @pytest.mark.parametrize("flip, sizes", [(False, [3, 3, 2]), (True, [6, 6, 4])])
 def test_windows_are_batched(flip, sizes):
     model = Pointwise()
-    probabilities(model, torch.randn(1, 3, 50, 77), mode="slide", crop_size=[32, 32], stride=[20, 20], window_batch=3, flip=flip)
+    probabilities(
+        model, torch.randn(1, 3, 50, 77), mode="slide", crop_size=[32, 32], stride=[20, 20], window_batch=3, flip=flip
+    )
     assert [len(x) for x in model.inputs] == sizes  # 2 x 4 windows, 3 per pass; flip runs mirrored copies alongside
 
 
@@ -147,7 +160,9 @@ def test_flip_averaging_of_a_flip_symmetric_model_is_the_model_output():
     model = Pointwise()
     expected = model(images).softmax(1)
     torch.testing.assert_close(probabilities(model, images, flip=True), expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(probabilities(model, images, flip=True, mode="slide", crop_size=[16, 16]), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        probabilities(model, images, flip=True, mode="slide", crop_size=[16, 16]), expected, rtol=0, atol=1e-6
+    )
 
 
 def test_flip_averages_with_the_mirrored_prediction_mirrored_back():
@@ -177,29 +192,46 @@ def test_multi_scale_averages_probabilities_resized_to_the_original_size():
     torch.testing.assert_close(probabilities(model, images, scales=[0.5, 1.0], base_size=44), expected)
 
 
-@pytest.mark.parametrize("size, scale, base, resize, expected", [
-    ((1024, 2048), 1.0, 2048, "long", (1024, 2048)),
-    ((1024, 2048), 0.75, 2048, "long", (768, 1536)),
-    ((1024, 2048), 1.75, 2048, "long", (1792, 3584)),
-    ((375, 500), 1.0, 512, "long", (384, 512)),
-    ((500, 375), 0.5, 512, "long", (256, 192)),
-    ((375, 500), 1.0, 512, "short", (512, 683)),
-    ((512, 512), 1.25, 512, "short", (640, 640)),
-    ((375, 500), 0.5, None, "long", (188, 250)),
-])
+@pytest.mark.parametrize(
+    "size, scale, base, resize, expected",
+    [
+        ((1024, 2048), 1.0, 2048, "long", (1024, 2048)),
+        ((1024, 2048), 0.75, 2048, "long", (768, 1536)),
+        ((1024, 2048), 1.75, 2048, "long", (1792, 3584)),
+        ((375, 500), 1.0, 512, "long", (384, 512)),
+        ((500, 375), 0.5, 512, "long", (256, 192)),
+        ((375, 500), 1.0, 512, "short", (512, 683)),
+        ((512, 512), 1.25, 512, "short", (640, 640)),
+        ((375, 500), 0.5, None, "long", (188, 250)),
+    ],
+)
 def test_resize_rules(size, scale, base, resize, expected):
     assert scaled_size(*size, scale, base, resize) == expected
 
 
 def test_presets_resolve_to_the_documented_numbers():
     cityscapes = EvalConfig(protocol="semseg-cityscapes")
-    assert (cityscapes.mode, cityscapes.crop_size, cityscapes.window_stride, cityscapes.base_size, cityscapes.resize,
-            cityscapes.scales, cityscapes.flip) == ("slide", [713, 713], (476, 476), 2048, "long", [1.0], True)
+    assert (
+        cityscapes.mode,
+        cityscapes.crop_size,
+        cityscapes.window_stride,
+        cityscapes.base_size,
+        cityscapes.resize,
+        cityscapes.scales,
+        cityscapes.flip,
+    ) == ("slide", [713, 713], (476, 476), 2048, "long", [1.0], True)
     assert EvalConfig(protocol="semseg-cityscapes-ms").scales == SEMSEG_SCALES
     for name in ("semseg-ade20k", "semseg-voc"):
         ade = EvalConfig(protocol=name)
         assert (ade.mode, ade.crop_size, ade.window_stride, ade.base_size, ade.resize, ade.scales, ade.flip) == (
-            "slide", [473, 473], (316, 316), 512, "long", [1.0], True)
+            "slide",
+            [473, 473],
+            (316, 316),
+            512,
+            "long",
+            [1.0],
+            True,
+        )
         assert EvalConfig(protocol=f"{name}-ms").scales == SEMSEG_SCALES
     whole = EvalConfig(protocol="mmseg-whole")
     assert (whole.mode, whole.base_size, whole.scales, whole.flip) == ("whole", None, [1.0], False)
@@ -214,7 +246,12 @@ def test_presets_resolve_to_the_documented_numbers():
 
 def test_explicit_settings_win_over_the_preset():
     settings = Config.from_dict({"eval": {"protocol": "semseg-cityscapes", "flip": False, "scales": [0.5, 1.0]}}).eval
-    assert (settings.mode, settings.crop_size, settings.flip, settings.scales) == ("slide", [713, 713], False, [0.5, 1.0])
+    assert (settings.mode, settings.crop_size, settings.flip, settings.scales) == (
+        "slide",
+        [713, 713],
+        False,
+        [0.5, 1.0],
+    )
     assert settings.changed_from_protocol() == ["scales", "flip"]
     with pytest.raises(ConfigError, match="unknown protocol 'semseg'.*semseg-cityscapes"):
         EvalConfig(protocol="semseg")
@@ -236,12 +273,38 @@ def checkpoint(tmp_path_factory):
 
 def test_evaluate_flags_reach_the_settings_and_reports(checkpoint, tmp_path, capsys):
     out = tmp_path / "results.json"
-    args = ["--quiet", "evaluate", str(checkpoint), "--out", str(out), "--confusion", str(tmp_path / "confusion.png"),
-            "--mode", "slide", "--crop-size", "32", "--stride", "20", "24", "--flip", "--scales", "0.75", "1", "--absent", "zero"]
+    args = [
+        "--quiet",
+        "evaluate",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--confusion",
+        str(tmp_path / "confusion.png"),
+        "--mode",
+        "slide",
+        "--crop-size",
+        "32",
+        "--stride",
+        "20",
+        "24",
+        "--flip",
+        "--scales",
+        "0.75",
+        "1",
+        "--absent",
+        "zero",
+    ]
     assert main(args) == 0
     settings = json.loads(out.read_text())["eval_config"]
-    assert (settings["mode"], settings["crop_size"], settings["stride"], settings["flip"], settings["scales"], settings["absent"]) == (
-        "slide", [32, 32], [20, 24], True, [0.75, 1.0], "zero")
+    assert (
+        settings["mode"],
+        settings["crop_size"],
+        settings["stride"],
+        settings["flip"],
+        settings["scales"],
+        settings["absent"],
+    ) == ("slide", [32, 32], [20, 24], True, [0.75, 1.0], "zero")
     protocol = "sliding window 32x32 stride 20x24, scales [0.75, 1], flip"
     assert json.loads(out.read_text())["protocol"] == protocol
     printed = capsys.readouterr().out
@@ -253,13 +316,29 @@ def test_evaluate_flags_reach_the_settings_and_reports(checkpoint, tmp_path, cap
 
 def test_protocol_flag_replaces_the_stored_settings_and_flags_change_it(checkpoint, tmp_path):
     out = tmp_path / "results.json"
-    args = ["--quiet", "evaluate", str(checkpoint), "--out", str(out), "--protocol", "semseg-cityscapes",
-            "--base-size", "64", "--crop-size", "40", "--stride", "30", "--no-flip"]
+    args = [
+        "--quiet",
+        "evaluate",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--protocol",
+        "semseg-cityscapes",
+        "--base-size",
+        "64",
+        "--crop-size",
+        "40",
+        "--stride",
+        "30",
+        "--no-flip",
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["eval_config"]["mode"] == "slide" and result["eval_config"]["resize"] == "long"
-    assert result["protocol"] == ("semseg-cityscapes (changed: crop_size, stride, base_size, flip): "
-                                  "sliding window 40x40 stride 30x30, long side 64 x scales [1], no flip")
+    assert result["protocol"] == (
+        "semseg-cityscapes (changed: crop_size, stride, base_size, flip): "
+        "sliding window 40x40 stride 30x30, long side 64 x scales [1], no flip"
+    )
 
 
 def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path, monkeypatch):
@@ -269,11 +348,28 @@ def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path,
         seen.update(settings=settings, output_format=output_format)
         return PredictionReport()
 
-    monkeypatch.setattr("pspnet.engine.predict.predict_files", fake_predict_files)
-    args = ["--quiet", "predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path / "out"),
-            "--set", "eval.protocol=semseg-ade20k", "eval.base_size=96", "--window-batch", "5"]
+    monkeypatch.setattr("pspnet.jobs.predict_files.predict_files", fake_predict_files)
+    args = [
+        "--quiet",
+        "predict",
+        str(checkpoint),
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "eval.protocol=semseg-ade20k",
+        "eval.base_size=96",
+        "--window-batch",
+        "5",
+    ]
     assert main(args) == 0
     settings = seen["settings"]
-    assert (settings.protocol, settings.mode, settings.crop_size, settings.base_size, settings.flip, settings.window_batch) == (
-        "semseg-ade20k", "slide", [473, 473], 96, True, 5)
+    assert (
+        settings.protocol,
+        settings.mode,
+        settings.crop_size,
+        settings.base_size,
+        settings.flip,
+        settings.window_batch,
+    ) == ("semseg-ade20k", "slide", [473, 473], 96, True, 5)
     assert seen["output_format"] == "pspnet"

@@ -26,8 +26,16 @@ def test_logits_have_the_input_size(tiny_model_options, size):
 
 @pytest.mark.parametrize("size", [(33, 47), (40, 40)])
 def test_lite_model_any_size(size):
-    model = PSPNet(4, encoder="lite", bins=[1, 2, 4, 8], ppm_channels=64, decoder_channels=0,
-                   classifier_kernel=3, aux="none", output_stride=4).eval()
+    model = PSPNet(
+        4,
+        encoder="lite",
+        bins=[1, 2, 4, 8],
+        ppm_channels=64,
+        decoder_channels=0,
+        classifier_kernel=3,
+        aux="none",
+        output_stride=4,
+    ).eval()
     assert model.decode_head.ppm.out_channels == 256 + 4 * 64  # the seed's 512 concatenated maps
     assert model.decode_head.fusion is None and model.decode_head.classifier.kernel_size == (3, 3)
     with torch.no_grad():
@@ -210,5 +218,6 @@ def test_predict_returns_label_map(tiny_model_options):
     assert model.training  # predict restores the mode
     with torch.no_grad():
         from pspnet.inference.predict import image_to_tensor as normalize_image
+
         expected = model.eval()(normalize_image(image, model.mean, model.std)[None]).argmax(1)[0].numpy()
     np.testing.assert_array_equal(label, expected)

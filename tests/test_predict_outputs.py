@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_dict
 from PIL import Image
 
 from pspnet.checkpoint import load_model, save_checkpoint
@@ -19,16 +20,15 @@ from pspnet.data.synthetic import ContextScenes
 from pspnet.inference.predict import predict_probabilities
 from pspnet.models import create_model
 
-from conftest import tiny_config_dict
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = Config.from_dict(tiny_config_dict())
     source = ContextScenes("val", 1)
-    return save_checkpoint(tmp_path_factory.mktemp("outputs") / "model.safetensors",
-                           create_model(config, source.classes).eval(), config)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("outputs") / "model.safetensors", create_model(config, source.classes).eval(), config
+    )
 
 
 @pytest.fixture
@@ -56,8 +56,22 @@ def test_confidence_maps_and_probabilities(checkpoint, photos, tmp_path, capsys)
     assert main(["--quiet", "predict", str(checkpoint), str(photos), "--out", str(out)]) == 0
     assert not (out / "confidence").exists()
     # a re-run asking for probabilities redoes the images: their outputs are no longer complete
-    assert main(["--quiet", "predict", str(checkpoint), str(photos), "--out", str(out), "--probabilities", "full",
-                 "--skip-existing"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(checkpoint),
+                str(photos),
+                "--out",
+                str(out),
+                "--probabilities",
+                "full",
+                "--skip-existing",
+            ]
+        )
+        == 0
+    )
     assert "wrote 2 predictions" in capsys.readouterr().out
     model = load_model(checkpoint)
     for name in ("scene0", "scene1"):
@@ -70,27 +84,57 @@ def test_confidence_maps_and_probabilities(checkpoint, photos, tmp_path, capsys)
         assert confidence.mode == "L"
         np.testing.assert_array_equal(np.asarray(confidence), np.rint(expected.max(0) * 255).astype(np.uint8))
         np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), expected.argmax(0))
-    assert main(["--quiet", "predict", str(checkpoint), str(photos), "--out", str(out), "--probabilities", "full",
-                 "--skip-existing"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(checkpoint),
+                str(photos),
+                "--out",
+                str(out),
+                "--probabilities",
+                "full",
+                "--skip-existing",
+            ]
+        )
+        == 0
+    )
     assert "skipped 2 input(s)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_overlay_alpha(checkpoint, photos, tmp_path, alpha):
     out = tmp_path / "out"
-    assert main(["--quiet", "predict", str(checkpoint), str(photos / "scene0.png"), "--out", str(out),
-                 "--overlay-alpha", str(alpha)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(checkpoint),
+                str(photos / "scene0.png"),
+                "--out",
+                str(out),
+                "--overlay-alpha",
+                str(alpha),
+            ]
+        )
+        == 0
+    )
     blended = Image.open(out / "color" / "scene0.png") if alpha else Image.open(photos / "scene0.png")
     jpeg = io.BytesIO()
     blended.convert("RGB").save(jpeg, format="JPEG", quality=90)  # as predict writes overlays
     np.testing.assert_array_equal(np.asarray(Image.open(out / "overlay" / "scene0.jpg")), np.asarray(Image.open(jpeg)))
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--overlay-alpha", "1.5"], "the overlay alpha must be in [0, 1], got 1.5"),
-    (["--video-crf", "60"], "the video crf must be in 0..51, got 60"),
-    (["--format", "cityscapes", "--probabilities", "confidence"], "cityscapes output format"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--overlay-alpha", "1.5"], "the overlay alpha must be in [0, 1], got 1.5"),
+        (["--video-crf", "60"], "the video crf must be in 0..51, got 60"),
+        (["--format", "cityscapes", "--probabilities", "confidence"], "cityscapes output format"),
+    ],
+)
 def test_bad_output_options_are_one_line_errors(checkpoint, photos, tmp_path, capsys, flags, message):
     assert main(["predict", str(checkpoint), str(photos), "--out", str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err

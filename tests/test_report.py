@@ -17,21 +17,27 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config_dict, unavailable
 from PIL import Image
 
 from pspnet.checkpoint import load_model
 from pspnet.cli import main
 from pspnet.config import Config
 from pspnet.data.loaders import build_dataset
-from pspnet.engine.run_dir import RunDirectory
-from pspnet.engine.run_log import RunLog
 from pspnet.report.html import select_samples
-
-from conftest import tiny_config_dict, unavailable
+from pspnet.training.run_dir import RunDirectory
+from pspnet.training.run_log import RunLog
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 # ---------------------------------------------------------------- a small DOM from html.parser
@@ -141,9 +147,15 @@ def independent_evaluation(run_dir: Path) -> dict:
     per_image = [confusion(prediction, item["mask"].numpy()) for prediction, item in zip(predictions, items)]
     total = sum(per_image)
     iou, acc = rates(total)
-    return {"iou": iou, "acc": acc, "miou": np.nanmean(iou), "macc": np.nanmean(acc),
-            "aacc": np.trace(total) / total.sum(), "names": [item["name"] for item in items],
-            "image_miou": [np.nanmean(rates(counts)[0]) for counts in per_image]}
+    return {
+        "iou": iou,
+        "acc": acc,
+        "miou": np.nanmean(iou),
+        "macc": np.nanmean(acc),
+        "aacc": np.trace(total) / total.sum(),
+        "names": [item["name"] for item in items],
+        "image_miou": [np.nanmean(rates(counts)[0]) for counts in per_image],
+    }
 
 
 # ---------------------------------------------------------------- the report's content
@@ -177,9 +189,13 @@ def test_report_holds_every_section_with_the_runs_numbers(run):
 
     # the evaluation = one computed here from the best checkpoint's logits
     expected = independent_evaluation(run)
-    summary = {node.attrs["data-metric"]: float(node.attrs["data-value"])
-               for node in page.one("div", id_="summary").all("div", **{"class": "value"})}
-    assert summary == pytest.approx({"mIoU": expected["miou"], "mAcc": expected["macc"], "aAcc": expected["aacc"]}, abs=1e-12)
+    summary = {
+        node.attrs["data-metric"]: float(node.attrs["data-value"])
+        for node in page.one("div", id_="summary").all("div", **{"class": "value"})
+    }
+    assert summary == pytest.approx(
+        {"mIoU": expected["miou"], "mAcc": expected["macc"], "aAcc": expected["aacc"]}, abs=1e-12
+    )
     table = [values(row) for row in page.one("table", id_="per-class").all("tr")[1:]]
     np.testing.assert_allclose([row[0] for row in table], expected["iou"], atol=1e-12)
     np.testing.assert_allclose([row[1] for row in table], expected["acc"], atol=1e-12)
@@ -204,7 +220,9 @@ def test_report_is_self_contained(run):
         header, _, payload = image.attrs["src"].partition(",")
         assert header in ("data:image/png;base64", "data:image/jpeg;base64")
         Image.open(io.BytesIO(base64.b64decode(payload))).verify()
-    links = [node.attrs.get("href") or node.attrs.get("src") for node in page.all() if {"href", "src"} & set(node.attrs)]
+    links = [
+        node.attrs.get("href") or node.attrs.get("src") for node in page.all() if {"href", "src"} & set(node.attrs)
+    ]
     assert all(link.startswith(("data:", "#")) for link in links)
     assert not page.all("link") and all(not node.attrs.get("src") for node in page.all("script"))
 
@@ -223,7 +241,9 @@ def test_report_renders_in_chromium(run, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda request: requests.append(request.url))
             page.goto((run / "report.html").as_uri())
-            broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+            broken = page.evaluate(
+                "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
+            )
             page.click("#config summary")  # the collapsed config opens
             config_visible = page.is_visible("#config pre")
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
@@ -248,12 +268,27 @@ def test_report_command_and_evaluate_report(run, tmp_path, capsys):
 
     checkpoint = tmp_path / "alone.safetensors"  # outside its run directory: no run record, no curves
     shutil.copy(run / "checkpoints" / "best.safetensors", checkpoint)
-    assert main(["--quiet", "evaluate", str(checkpoint), "--out", str(tmp_path / "e.json"), "--report", str(tmp_path / "e.html")]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "evaluate",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "e.json"),
+                "--report",
+                str(tmp_path / "e.html"),
+            ]
+        )
+        == 0
+    )
     alone = parse(tmp_path / "e.html")
     assert not alone.all("section", id_="curves") and alone.all("section", id_="samples")
     assert "not inside a run directory" in alone.one("section", id_="run").text()
     result = json.loads((tmp_path / "e.json").read_text())
-    assert float(alone.one("div", id_="summary").all("div", **{"class": "value"})[0].attrs["data-value"]) == result["miou"]
+    assert (
+        float(alone.one("div", id_="summary").all("div", **{"class": "value"})[0].attrs["data-value"]) == result["miou"]
+    )
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
@@ -287,8 +322,8 @@ def test_samples_are_the_worst_first_then_a_spread_up_to_the_best():
 
 
 def test_per_image_scores_of_several_processes_come_back_in_dataset_order(monkeypatch):
-    from pspnet.engine import evaluator
-    from pspnet.engine.distributed import Distributed
+    from pspnet.jobs import evaluation as evaluator
+    from pspnet.system.distributed import Distributed
 
     # 5 images on 2 processes: process 0 scored images 0, 2, 4 and process 1 images 1, 3 (strided shares)
     shares = [(["a", "c", "e"], [0.0, 0.2, 0.4]), (["b", "d"], [0.1, 0.3])]

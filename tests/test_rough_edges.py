@@ -13,17 +13,15 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from conftest import save_tiny_checkpoint, tiny_config_dict
 from PIL import Image
 
 from pspnet.cli import main
 from pspnet.cli.main import build_parser
 from pspnet.data.synthetic import ContextScenes
-from pspnet.engine import trainer as trainer_module
-from pspnet.engine.progress import progress_bar
-
-from conftest import save_tiny_checkpoint, tiny_config_dict
+from pspnet.system.progress import progress_bar
+from pspnet.training import trainer as trainer_module
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +54,9 @@ def test_predict_messages_count_and_name_files_once(checkpoint, tmp_path, capsys
     (tmp_path / "notes.txt").write_text("not an image")
     assert main(["--quiet", "predict", str(checkpoint), str(tmp_path / "one.png"), "--out", str(tmp_path / "o")]) == 0
     assert "wrote 1 prediction to" in capsys.readouterr().out
-    assert main(["--quiet", "predict", str(checkpoint), str(tmp_path / "notes.txt"), "--out", str(tmp_path / "none")]) == 1
+    assert (
+        main(["--quiet", "predict", str(checkpoint), str(tmp_path / "notes.txt"), "--out", str(tmp_path / "none")]) == 1
+    )
     captured = capsys.readouterr()
     assert "no predictions written" in captured.out and not (tmp_path / "none").exists()
     failure = [line for line in captured.err.splitlines() if line.startswith("failed:")][0]
@@ -104,14 +104,20 @@ def test_a_finished_run_can_be_extended(tmp_path, capsys):
     assert "below iteration 6" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["config", "--set", "train.device=tpu"],
-    ["train", "CONFIG", "--set", "train.device=tpu"],
-    ["evaluate", "CHECKPOINT", "--device", "tpu"],
-    ["predict", "CHECKPOINT", "x.png", "--out", "o", "--device", "tpu"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "--set", "train.device=tpu"],
+        ["train", "CONFIG", "--set", "train.device=tpu"],
+        ["evaluate", "CHECKPOINT", "--device", "tpu"],
+        ["predict", "CHECKPOINT", "x.png", "--out", "o", "--device", "tpu"],
+    ],
+)
 def test_unknown_devices_are_refused_up_front(argv, checkpoint, tmp_path, capsys):
-    argv = [str(write_config(tmp_path / "c.yaml")) if a == "CONFIG" else str(checkpoint) if a == "CHECKPOINT" else a for a in argv]
+    argv = [
+        str(write_config(tmp_path / "c.yaml")) if a == "CONFIG" else str(checkpoint) if a == "CHECKPOINT" else a
+        for a in argv
+    ]
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse: usage error
@@ -126,13 +132,17 @@ def test_preview_of_an_empty_split_is_an_error(tmp_path, capsys):
     (tmp_path / "val/masks").mkdir()
     (tmp_path / "classes.yaml").write_text("names: [a, b]\n")
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data": {"format": "folders", "root": str(tmp_path), "classes_file": str(tmp_path / "classes.yaml")}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"data": {"format": "folders", "root": str(tmp_path), "classes_file": str(tmp_path / "classes.yaml")}}
+        )
+    )
     assert main(["data", "preview", str(config), "--split", "val", "--out", str(tmp_path / "p.png")]) == 2
     assert "has no samples to preview" in capsys.readouterr().err
 
 
 def test_a_protocol_that_blows_up_tiny_images_warns_with_its_cost(checkpoint, monkeypatch, caplog):
-    from pspnet.engine import evaluator
+    from pspnet.jobs import evaluation as evaluator
 
     class Stop(Exception):
         pass
@@ -151,7 +161,9 @@ def test_a_protocol_that_blows_up_tiny_images_warns_with_its_cost(checkpoint, mo
 def test_version_and_fast_help():
     result = subprocess.run([sys.executable, "-m", "pspnet", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip().startswith("pspnet ")
-    probe = "import sys, pspnet.cli.main; print(sorted(m for m in ('torch', 'timm', 'tensorboard') if m in sys.modules))"
+    probe = (
+        "import sys, pspnet.cli.main; print(sorted(m for m in ('torch', 'timm', 'tensorboard') if m in sys.modules))"
+    )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
     assert imported == "[]"  # the parser (and so --help and argument errors) needs none of the heavy libraries
 
@@ -163,7 +175,9 @@ def test_a_run_that_cannot_start_leaves_no_directory(tmp_path, capsys):
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "train/masks/a.png")
     (tmp_path / "classes.yaml").write_text("names: [a, b]\n")
     data = tiny_config_dict()
-    data["data"].update(format="folders", root=str(tmp_path), classes_file=str(tmp_path / "classes.yaml"), val_split="train")
+    data["data"].update(
+        format="folders", root=str(tmp_path), classes_file=str(tmp_path / "classes.yaml"), val_split="train"
+    )
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(data))
     assert main(["--quiet", "train", str(config), "--out", str(tmp_path / "run")]) == 2
@@ -186,15 +200,20 @@ def test_messages_suggest_our_names_and_evaluate_takes_a_run_directory(tmp_path,
     assert main(["--quiet", "train", str(config), "--out", str(tmp_path / "run")]) == 0
     assert main(["--quiet", "evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
-    assert result["inputs"] == {"checkpoint": str(tmp_path / "run/checkpoints/best.safetensors"), "dataset": "synthetic",
-                                "root": None, "split": "val", "images": 4}
+    assert result["inputs"] == {
+        "checkpoint": str(tmp_path / "run/checkpoints/best.safetensors"),
+        "dataset": "synthetic",
+        "root": None,
+        "split": "val",
+        "images": 4,
+    }
     assert result["eval_config"]["mode"] == "whole"
 
 
 def test_folders_missing_split_names_the_split_folder(tmp_path):
-    from pspnet.errors import DataError
-
     from conftest import open_source
+
+    from pspnet.errors import DataError
 
     (tmp_path / "classes.yaml").write_text("names: [a, b]\n")
     with pytest.raises(DataError, match=f"split 'val' not found: neither {tmp_path / 'val'} nor a flat"):
@@ -210,8 +229,11 @@ def test_every_option_has_help_and_config_keys_explain_themselves(capsys):
             elif not isinstance(action, argparse._HelpAction):
                 yield name, action
 
-    undocumented = [f"{name} {'/'.join(action.option_strings) or action.dest}"
-                    for name, action in walk(build_parser(), "pspnet") if not action.help]
+    undocumented = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, action in walk(build_parser(), "pspnet")
+        if not action.help
+    ]
     assert undocumented == []
     assert main(["config", "--keys"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_tiny_checkpoint
 from PIL import Image
 
 from pspnet.checkpoint import load_checkpoint
@@ -29,17 +30,22 @@ from pspnet.cli import main
 from pspnet.data.synthetic import ContextScenes
 from pspnet.inference.predict import predict_image
 
-from conftest import save_tiny_checkpoint
-
 if os.environ.get("CI") != "true":  # CI installs every extra: there a missing FastAPI is a failure
     pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'pspnet[serve]'")
     pytest.importorskip("httpx", reason="FastAPI's test client needs httpx (the test extra)")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from pspnet.serve.app import ServeOptions, create_app  # noqa: E402
+from pspnet.serve.app import ServeOptions, create_app
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SIZE = (40, 56)  # height, width of the test scenes
 
 
@@ -98,13 +104,27 @@ def test_health_readiness_model_card_metrics_and_page(client, loaded):
     card = client.get("/v1/model").json()
     assert card["classes"] == list(ContextScenes.classes.names)
     assert card["palette"] == [list(colour) for colour in ContextScenes.classes.palette]
-    assert (card["encoder"], card["in_channels"], card["backend"], card["device"]) == ("resnet18_deepstem", 3, "torch", "cpu")
+    assert (card["encoder"], card["in_channels"], card["backend"], card["device"]) == (
+        "resnet18_deepstem",
+        3,
+        "torch",
+        "cpu",
+    )
     assert card["protocol"] == "whole image, scales [1], no flip" and card["checkpoint"] == "model.safetensors"
-    assert card["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "queue_size": 64, "upload_seconds": 60}
+    assert card["limits"] == {
+        "max_upload_bytes": 20 * 2**20,
+        "max_pixels": 40_000_000,
+        "queue_size": 64,
+        "upload_seconds": 60,
+    }
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "<script>" in page.text and not any(ref in page.text for ref in ('src="http', "href=\"http", "url(http", "@import"))
-    assert client.post("/v1/segment", content=encoded(scene()), headers={"content-type": "image/png"}).status_code == 200
+    assert "<script>" in page.text and not any(
+        ref in page.text for ref in ('src="http', 'href="http', "url(http", "@import")
+    )
+    assert (
+        client.post("/v1/segment", content=encoded(scene()), headers={"content-type": "image/png"}).status_code == 200
+    )
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
@@ -153,14 +173,17 @@ def photo_with_orientation(orientation: int) -> bytes:
     return encoded(scene(2), "JPEG", exif=exif, quality=95)
 
 
-@pytest.mark.parametrize("name,data", [
-    ("grey", lambda: encoded(scene().convert("L"))),
-    ("rgba", lambda: encoded(scene().convert("RGBA"))),
-    ("16-bit grey", lambda: encoded(Image.fromarray((np.asarray(scene().convert("L"), np.uint16) * 257)))),
-    ("cmyk jpeg", lambda: encoded(scene().convert("CMYK"), "JPEG")),
-    ("palette", lambda: encoded(scene().convert("P"))),
-    ("exif orientation", lambda: photo_with_orientation(6)),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("grey", lambda: encoded(scene().convert("L"))),
+        ("rgba", lambda: encoded(scene().convert("RGBA"))),
+        ("16-bit grey", lambda: encoded(Image.fromarray(np.asarray(scene().convert("L"), np.uint16) * 257))),
+        ("cmyk jpeg", lambda: encoded(scene().convert("CMYK"), "JPEG")),
+        ("palette", lambda: encoded(scene().convert("P"))),
+        ("exif orientation", lambda: photo_with_orientation(6)),
+    ],
+)
 def test_image_kinds_are_converted_as_predict_converts_them(client, loaded, name, data):
     data = data()
     result = post_raw(client, data, "image/jpeg" if "jpeg" in name or "exif" in name else "image/png").json()
@@ -172,6 +195,7 @@ def test_image_kinds_are_converted_as_predict_converts_them(client, loaded, name
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares `width` x `height` pixels and holds none: only a header reader accepts it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -187,26 +211,50 @@ def limited(loaded, checkpoint):
     client.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("send,status,message", [
-    (lambda c: post_raw(c, os.urandom(70_000)), 413, "upload larger than the limit of 0.0625 MB (--max-upload-mb)"),
-    (lambda c: c.post("/v1/segment", files={"image": ("a.png", os.urandom(70_000), "image/png")}), 413, "upload larger"),
-    (lambda c: post_raw(c, encoded(Image.new("RGB", (101, 100)))), 413,
-     "image (upload) is 101x100 (0.0 M pixels), more than the cap of 0.0 M pixels"),
-    (lambda c: post_raw(c, png_header(50_000, 50_000)), 413, "refused before decoding"),  # a bomb: never decoded
-    (lambda c: post_raw(c, b"GIF89a? no, just text"), 415, "not an image format Pillow recognises"),
-    (lambda c: post_raw(c, encoded(scene())[:400]), 400, "cannot read image (upload)"),  # truncated
-    (lambda c: post_raw(c, b""), 400, "empty upload"),
-    (lambda c: c.post("/v1/segment", files={"image": ("a.png", b"", "image/png")}), 400, "empty upload"),
-    (lambda c: post_raw(c, b"{}", "application/json"), 415, "unsupported content type 'application/json'"),
-    (lambda c: c.post("/v1/segment", content=encoded(scene())), 415, "unsupported content type 'none'"),
-    (lambda c: c.post("/v1/segment", files={"file": ("a.png", encoded(scene()), "image/png")}), 422,
-     "multipart field 'image' is missing (fields sent: 'file')"),
-    (lambda c: c.post("/v1/segment", data={"image": "a.png"}, files={"x": ("x", b"x")}), 422,
-     "multipart field 'image' must be a file"),
-    (lambda c: post_raw(c, encoded(scene()), query="?format=jpeg"), 422, "query parameter 'format': Input should be"),
-    (lambda c: post_raw(c, encoded(scene()), query="?format=png&overlay=true"), 400, "format=png returns the label map"),
-    (lambda c: c.get("/v1/segment"), 405, "Method Not Allowed"),
-])
+@pytest.mark.parametrize(
+    "send,status,message",
+    [
+        (lambda c: post_raw(c, os.urandom(70_000)), 413, "upload larger than the limit of 0.0625 MB (--max-upload-mb)"),
+        (
+            lambda c: c.post("/v1/segment", files={"image": ("a.png", os.urandom(70_000), "image/png")}),
+            413,
+            "upload larger",
+        ),
+        (
+            lambda c: post_raw(c, encoded(Image.new("RGB", (101, 100)))),
+            413,
+            "image (upload) is 101x100 (0.0 M pixels), more than the cap of 0.0 M pixels",
+        ),
+        (lambda c: post_raw(c, png_header(50_000, 50_000)), 413, "refused before decoding"),  # a bomb: never decoded
+        (lambda c: post_raw(c, b"GIF89a? no, just text"), 415, "not an image format Pillow recognises"),
+        (lambda c: post_raw(c, encoded(scene())[:400]), 400, "cannot read image (upload)"),  # truncated
+        (lambda c: post_raw(c, b""), 400, "empty upload"),
+        (lambda c: c.post("/v1/segment", files={"image": ("a.png", b"", "image/png")}), 400, "empty upload"),
+        (lambda c: post_raw(c, b"{}", "application/json"), 415, "unsupported content type 'application/json'"),
+        (lambda c: c.post("/v1/segment", content=encoded(scene())), 415, "unsupported content type 'none'"),
+        (
+            lambda c: c.post("/v1/segment", files={"file": ("a.png", encoded(scene()), "image/png")}),
+            422,
+            "multipart field 'image' is missing (fields sent: 'file')",
+        ),
+        (
+            lambda c: c.post("/v1/segment", data={"image": "a.png"}, files={"x": ("x", b"x")}),
+            422,
+            "multipart field 'image' must be a file",
+        ),
+        (
+            lambda c: post_raw(c, encoded(scene()), query="?format=jpeg"),
+            422,
+            "query parameter 'format': Input should be",
+        ),
+        (
+            lambda c: post_raw(c, encoded(scene()), query="?format=png&overlay=true"),
+            400,
+            "format=png returns the label map",
+        ),
+        (lambda c: c.get("/v1/segment"), 405, "Method Not Allowed"),
+    ],
+)
 def test_bad_requests_get_a_json_error_and_the_server_goes_on(limited, send, status, message):
     answer = send(limited)
     assert answer.status_code == status, answer.text
@@ -234,9 +282,20 @@ def drive(app, body_chunks, headers=()) -> tuple[int, int]:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/segment", "raw_path": b"/v1/segment", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"image/png"), *headers], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/segment",
+        "raw_path": b"/v1/segment",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/png"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     return status, asked
 
@@ -353,7 +412,9 @@ def test_a_failing_model_fails_one_request_not_the_server(loaded, checkpoint):
     client = started(create_app(FailingModel(loaded[0]), loaded[1], checkpoint))
     try:
         failed = post_raw(client, encoded(scene()))
-        assert failed.status_code == 500 and failed.json()["detail"] == "segmentation failed: RuntimeError: out of memory"
+        assert (
+            failed.status_code == 500 and failed.json()["detail"] == "segmentation failed: RuntimeError: out of memory"
+        )
         assert post_raw(client, encoded(scene())).status_code == 200
     finally:
         client.__exit__(None, None, None)
@@ -393,9 +454,13 @@ def free_port() -> int:
 def start_server(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """Start a server on a free loopback port; (process, base URL) once `/readyz` answers 200."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log.open("w"),
-                               stderr=subprocess.STDOUT, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -421,11 +486,15 @@ def test_sigterm_answers_the_request_in_flight_then_exits(checkpoint, tmp_path):
     command = [sys.executable, "-c", HELD_SERVE, str(tmp_path), "serve", str(checkpoint)]
     process, url = start_server(command, tmp_path / "server.log")
     try:
-        request = urllib.request.Request(f"{url}/v1/segment", data=encoded(scene()), headers={"Content-Type": "image/png"})
+        request = urllib.request.Request(
+            f"{url}/v1/segment", data=encoded(scene()), headers={"Content-Type": "image/png"}
+        )
         client, answers = in_thread(lambda: urllib.request.urlopen(request, timeout=60).read())
         wait_until((tmp_path / "started").exists, "the upload to reach the model")
         process.send_signal(signal.SIGTERM)
-        wait_until(lambda: refuses_connections(int(url.rsplit(":", 1)[1])), "the server to stop accepting connections", 30)
+        wait_until(
+            lambda: refuses_connections(int(url.rsplit(":", 1)[1])), "the server to stop accepting connections", 30
+        )
         (tmp_path / "go").touch()
         client.join(60)
         assert len(json.loads(answers[0])["classes"]) >= 1  # answered in full after SIGTERM
@@ -466,7 +535,9 @@ def test_the_page_segments_an_upload_in_chromium(checkpoint, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+            page.on(
+                "request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None
+            )
             page.goto(f"{url}/")
             page.wait_for_selector("#legend li")
             assert page.locator("#legend li").all_inner_texts() == list(ContextScenes.classes.names)

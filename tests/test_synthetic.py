@@ -75,7 +75,9 @@ def test_out_of_range_index_raises_index_error():
             source.name(index)
 
 
-@pytest.mark.parametrize("kwargs", [{"split": "test"}, {"split": "Train"}, {"image_size": (16, 128)}, {"num_samples": -1}, {"seed": -2}])
+@pytest.mark.parametrize(
+    "kwargs", [{"split": "test"}, {"split": "Train"}, {"image_size": (16, 128)}, {"num_samples": -1}, {"seed": -2}]
+)
 def test_invalid_arguments_raise_data_error(kwargs):
     arguments = {"split": "train", "num_samples": 4, **kwargs}
     with pytest.raises(DataError):
@@ -152,8 +154,14 @@ def test_pillow_differs_from_its_sheet_by_less_than_the_noise(samples):
         rows, cols = np.nonzero(pillow)
         bed_cols = np.nonzero(sample.mask == ID["bed"])[1]
         # bare sheet right after the pillow, towards the foot of the bed, in the pillow's rows
-        strip = slice(cols.max() + 1, cols.max() + 4) if bed_cols.mean() > cols.mean() else slice(cols.min() - 3, cols.min())
-        sheet = brightness[rows.min() : rows.max() + 1, strip][(sample.mask == ID["bed"])[rows.min() : rows.max() + 1, strip]]
+        strip = (
+            slice(cols.max() + 1, cols.max() + 4)
+            if bed_cols.mean() > cols.mean()
+            else slice(cols.min() - 3, cols.min())
+        )
+        sheet = brightness[rows.min() : rows.max() + 1, strip][
+            (sample.mask == ID["bed"])[rows.min() : rows.max() + 1, strip]
+        ]
         assert sheet.size >= 20, sample.name
         differences.append(abs(brightness[pillow].mean() - sheet.mean()))
         noise.append(brightness[pillow].std())

@@ -8,17 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_dict
 
 from pspnet import load_model
 from pspnet.checkpoint import load_checkpoint, save_checkpoint
-from pspnet.io.weights import read_state_dict
-from pspnet.models import create_model
 from pspnet.config import Config
 from pspnet.data.loaders import TrainStream
-from pspnet.engine.trainer import Trainer, build_optimizer
 from pspnet.errors import CheckpointError, ConfigError, DataError
-
-from conftest import tiny_config_dict
+from pspnet.io.weights import read_state_dict
+from pspnet.models import create_model
+from pspnet.training.trainer import Trainer, build_optimizer
 
 
 def test_poly_lr_matches_formula_with_10x_head(tiny_config):
@@ -50,9 +49,19 @@ def _weights(model):
 
 def test_overfits_a_tiny_batch(tmp_path):
     cfg = Config.from_dict(tiny_config_dict(max_iters=60, eval_interval=60, checkpoint_interval=60, log_interval=5))
-    cfg = cfg.replace(["data.synthetic.num_train=2", "data.synthetic.num_val=2", "data.augment.scale=null",
-                       "data.augment.rotate=0", "data.augment.blur=0", "data.augment.flip=false",
-                       "data.augment.crop_size=[48, 48]", "train.base_lr=0.02", "model.dropout=0"])
+    cfg = cfg.replace(
+        [
+            "data.synthetic.num_train=2",
+            "data.synthetic.num_val=2",
+            "data.augment.scale=null",
+            "data.augment.rotate=0",
+            "data.augment.blur=0",
+            "data.augment.flip=false",
+            "data.augment.crop_size=[48, 48]",
+            "train.base_lr=0.02",
+            "model.dropout=0",
+        ]
+    )
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer.val_set.source = trainer.train_set.source  # evaluate on the very images it trains on
     before = trainer.validate().miou
@@ -172,7 +181,9 @@ def test_init_from_starts_with_the_given_weights(tmp_path):
     for key, value in source.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[key], value), key
     with pytest.raises(CheckpointError, match="wrong shape"):
-        Trainer(cfg.replace([f"train.init_from={path}", "model.decoder_channels=24"]), tmp_path / "run2", progress=False)
+        Trainer(
+            cfg.replace([f"train.init_from={path}", "model.decoder_channels=24"]), tmp_path / "run2", progress=False
+        )
 
 
 class _BadAfter:
@@ -210,7 +221,9 @@ def test_bad_file_stops_run_naming_it_and_keeps_checkpoints(tmp_path, workers):
 
 def test_skip_bad_logs_and_continues(tmp_path, caplog):
     cfg = Config.from_dict(tiny_config_dict(max_iters=4, eval_interval=4, checkpoint_interval=4))
-    trainer = Trainer(cfg.replace(["data.skip_bad=true", "data.synthetic.num_train=4"]), tmp_path / "run", progress=False)
+    trainer = Trainer(
+        cfg.replace(["data.skip_bad=true", "data.synthetic.num_train=4"]), tmp_path / "run", progress=False
+    )
     trainer.train_set.source = _BadAfter(trainer.train_set.source, 3)
     with caplog.at_level("WARNING"):
         result = trainer.train()
@@ -242,8 +255,13 @@ def test_bf16_autocast_and_channels_last_train_on_the_cpu(tmp_path):
     forward = trainer.model.forward
 
     def recording(x):
-        seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"),
-                     torch.get_autocast_dtype("cpu")))
+        seen.append(
+            (
+                x.is_contiguous(memory_format=torch.channels_last),
+                torch.is_autocast_enabled("cpu"),
+                torch.get_autocast_dtype("cpu"),
+            )
+        )
         return forward(x)
 
     trainer.model.forward = recording
@@ -257,7 +275,11 @@ def test_bf16_autocast_and_channels_last_train_on_the_cpu(tmp_path):
 
 def test_amp_settings_are_checked_and_old_booleans_still_load(tmp_path):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        Trainer(Config.from_dict(tiny_config_dict()).replace(["train.amp=fp16", "train.device=cpu"]), tmp_path / "r", progress=False)
+        Trainer(
+            Config.from_dict(tiny_config_dict()).replace(["train.amp=fp16", "train.device=cpu"]),
+            tmp_path / "r",
+            progress=False,
+        )
     assert Config.from_dict({"train": {"amp": True}}).train.amp == "bf16"
     assert Config.from_dict({"train": {"amp": False}}).train.amp == "none"
     with pytest.raises(ConfigError, match="'none' \\| 'bf16' \\| 'fp16' \\| 'auto' \\| bool"):
@@ -269,8 +291,11 @@ def test_amp_auto_is_bf16_only_where_the_cpu_computes_in_it(tmp_path, monkeypatc
     """`auto` must not pick bf16 on a CPU that only emulates it (slower than fp32); the step then runs in it."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    trainer = Trainer(Config.from_dict(tiny_config_dict()).replace(["train.amp=auto", "train.device=cpu", "train.max_iters=1"]),
-                      tmp_path / "run", progress=False)
+    trainer = Trainer(
+        Config.from_dict(tiny_config_dict()).replace(["train.amp=auto", "train.device=cpu", "train.max_iters=1"]),
+        tmp_path / "run",
+        progress=False,
+    )
     assert trainer.amp == ("bf16" if native else "none")
     seen = []
     trainer.model.decode_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_dict, unavailable
 from PIL import Image
 
 from pspnet.checkpoint import load_model, save_checkpoint
@@ -16,8 +17,6 @@ from pspnet.cli import main
 from pspnet.config import Config
 from pspnet.models import create_model
 from pspnet.visualize import overlay
-
-from conftest import tiny_config_dict, unavailable
 
 FRAMES, HEIGHT, WIDTH, RATE = 12, 64, 96, Fraction(15)
 
@@ -68,15 +67,29 @@ def decode(av, path: Path) -> tuple[list[np.ndarray], dict]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-        return frames, {"streams": [s.type for s in container.streams], "rate": stream.average_rate,
-                        "size": (stream.codec_context.width, stream.codec_context.height)}
+        return frames, {
+            "streams": [s.type for s in container.streams],
+            "rate": stream.average_rate,
+            "size": (stream.codec_context.width, stream.codec_context.height),
+        }
 
 
 def test_video_round_trips_frame_by_frame(av, checkpoint, tmp_path, capsys):
     clip = write_clip(av, tmp_path / "clip.mp4")
     out = tmp_path / "out"
-    args = ["--quiet", "predict", str(checkpoint), str(clip), "--out", str(out), "--overlay-alpha", "0.6",
-            "--video-crf", "0", "--video-labels"]
+    args = [
+        "--quiet",
+        "predict",
+        str(checkpoint),
+        str(clip),
+        "--out",
+        str(out),
+        "--overlay-alpha",
+        "0.6",
+        "--video-crf",
+        "0",
+        "--video-labels",
+    ]
     assert main(args) == 0
     assert "(NAME.overlay.mp4, NAME.labels/, legend.png, classes.json)" in capsys.readouterr().out
     inputs, source = decode(av, clip)
@@ -110,8 +123,15 @@ def test_corrupt_videos_fail_alone_and_leave_no_partial_file(av, checkpoint, tmp
     failures = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(failures) == 2 and "Traceback" not in err
     assert any(f"cannot read video {inputs / 'garbage.mp4'}" in line for line in failures)
-    assert any(f"cannot read video {inputs / 'cut.mp4'}: it ends after" in line and "of its 12 frames" in line
-               for line in failures)
+    assert any(
+        f"cannot read video {inputs / 'cut.mp4'}: it ends after" in line and "of its 12 frames" in line
+        for line in failures
+    )
     assert "2 of 3 inputs failed" in err
     assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()) == [
-        "classes.json", "color/photo.png", "labels/photo.png", "legend.png", "overlay/photo.jpg"]
+        "classes.json",
+        "color/photo.png",
+        "labels/photo.png",
+        "legend.png",
+        "overlay/photo.jpg",
+    ]

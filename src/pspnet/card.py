@@ -7,8 +7,9 @@ and `ModelCard.from_dict` validates it, naming the field that is wrong.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .classes import ClassInfo
 from .config import IMAGENET_MEAN, IMAGENET_STD
@@ -40,11 +41,18 @@ class ModelCard:
             raise ValueError(f"std values must be positive, got {list(self.std)}")
 
     @classmethod
-    def create(cls, classes: ClassInfo, in_channels: int, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None) -> ModelCard:
+    def create(
+        cls,
+        classes: ClassInfo,
+        in_channels: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> ModelCard:
         """A card with `default_normalization(in_channels)` where `mean`/`std` are not given."""
         default_mean, default_std = default_normalization(in_channels)
-        return cls(classes, tuple(float(m) for m in (mean or default_mean)), tuple(float(s) for s in (std or default_std)))
+        return cls(
+            classes, tuple(float(m) for m in (mean or default_mean)), tuple(float(s) for s in (std or default_std))
+        )
 
     @property
     def in_channels(self) -> int:
@@ -64,18 +72,28 @@ class ModelCard:
             raise CheckpointError(f"{source}: metadata must be a JSON object, got {type(data).__name__}")
         classes = data.get("classes")
         if not isinstance(classes, dict):
-            raise CheckpointError(f"{source}: metadata field 'classes' is missing or not an object with 'names' and 'palette'")
+            raise CheckpointError(
+                f"{source}: metadata field 'classes' is missing or not an object with 'names' and 'palette'"
+            )
         names, palette = classes.get("names"), classes.get("palette")
         if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
             raise CheckpointError(f"{source}: metadata field 'classes.names' must be a non-empty list of strings")
-        if palette is not None and not (isinstance(palette, list) and all(
-                isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette)):
-            raise CheckpointError(f"{source}: metadata field 'classes.palette' must be a list of [r, g, b] values in 0..255")
+        if palette is not None and not (
+            isinstance(palette, list)
+            and all(
+                isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette
+            )
+        ):
+            raise CheckpointError(
+                f"{source}: metadata field 'classes.palette' must be a list of [r, g, b] values in 0..255"
+            )
         vectors = {}
         for key in ("mean", "std"):
             value = data.get(key)
             if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
-                raise CheckpointError(f"{source}: metadata field '{key}' must be a non-empty list of numbers, got {value!r}")
+                raise CheckpointError(
+                    f"{source}: metadata field '{key}' must be a non-empty list of numbers, got {value!r}"
+                )
             vectors[key] = tuple(float(v) for v in value)
         try:
             return cls(ClassInfo.from_dict({"names": names, "palette": palette}), vectors["mean"], vectors["std"])

@@ -89,17 +89,44 @@ class ModelConfig:
     """Width of the aux FCN head's conv and of the class-presence classifier's hidden layer."""
 
     def __post_init__(self) -> None:
-        _check(self.output_stride in (1, 2, 4, 8, 16, 32), "model.output_stride", "one of 1, 2, 4, 8, 16, 32", self.output_stride)
+        _check(
+            self.output_stride in (1, 2, 4, 8, 16, 32),
+            "model.output_stride",
+            "one of 1, 2, 4, 8, 16, 32",
+            self.output_stride,
+        )
         _check(0.0 <= self.dropout <= 1.0, "model.dropout", "a probability in [0, 1]", self.dropout)
-        _check(len(self.bins) > 0 and all(b >= 1 for b in self.bins), "model.bins", "a non-empty list of positive ints", self.bins)
+        _check(
+            len(self.bins) > 0 and all(b >= 1 for b in self.bins),
+            "model.bins",
+            "a non-empty list of positive ints",
+            self.bins,
+        )
         _check(self.in_channels >= 1, "model.in_channels", "a positive int", self.in_channels)
-        _check(self.num_classes is None or self.num_classes >= 1, "model.num_classes", "a positive int", self.num_classes)
-        _check(self.ppm_channels is None or self.ppm_channels >= 1, "model.ppm_channels", "a positive int or null", self.ppm_channels)
+        _check(
+            self.num_classes is None or self.num_classes >= 1, "model.num_classes", "a positive int", self.num_classes
+        )
+        _check(
+            self.ppm_channels is None or self.ppm_channels >= 1,
+            "model.ppm_channels",
+            "a positive int or null",
+            self.ppm_channels,
+        )
         _check(self.decoder_channels >= 0, "model.decoder_channels", "a non-negative int", self.decoder_channels)
         _check(self.classifier_kernel in (1, 3), "model.classifier_kernel", "1 or 3", self.classifier_kernel)
         _check(self.aux_channels >= 1, "model.aux_channels", "a positive int", self.aux_channels)
-        _check(self.width_multiplier is None or 0.25 <= self.width_multiplier <= 2.0, "model.width_multiplier", "a float in [0.25, 2.0] or null", self.width_multiplier)
-        _check(len(self.progressive_channels) > 0 and min(self.progressive_channels) >= 1, "model.progressive_channels", "a non-empty list of positive ints", self.progressive_channels)
+        _check(
+            self.width_multiplier is None or 0.25 <= self.width_multiplier <= 2.0,
+            "model.width_multiplier",
+            "a float in [0.25, 2.0] or null",
+            self.width_multiplier,
+        )
+        _check(
+            len(self.progressive_channels) > 0 and min(self.progressive_channels) >= 1,
+            "model.progressive_channels",
+            "a non-empty list of positive ints",
+            self.progressive_channels,
+        )
 
 
 @dataclass
@@ -119,10 +146,20 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.scale is not None:
-            _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], "data.augment.scale", "[min, max] with 0 < min <= max, or null", self.scale)
+            _check(
+                len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
+                "data.augment.scale",
+                "[min, max] with 0 < min <= max, or null",
+                self.scale,
+            )
         _check(0 <= self.rotate <= 180, "data.augment.rotate", "degrees in [0, 180]", self.rotate)
         _check(0 <= self.blur <= 1, "data.augment.blur", "a probability in [0, 1]", self.blur)
-        _check(len(self.crop_size) == 2 and min(self.crop_size) >= 1, "data.augment.crop_size", "[height, width]", self.crop_size)
+        _check(
+            len(self.crop_size) == 2 and min(self.crop_size) >= 1,
+            "data.augment.crop_size",
+            "[height, width]",
+            self.crop_size,
+        )
 
 
 @dataclass
@@ -139,8 +176,18 @@ class SyntheticConfig:
     """Seed of the scene generator: another seed gives other scenes."""
 
     def __post_init__(self) -> None:
-        _check(len(self.image_size) == 2 and min(self.image_size) >= 32, "data.synthetic.image_size", "[height, width], each >= 32", self.image_size)
-        _check(self.num_train >= 1 and self.num_val >= 1, "data.synthetic.num_train/num_val", "positive ints", (self.num_train, self.num_val))
+        _check(
+            len(self.image_size) == 2 and min(self.image_size) >= 32,
+            "data.synthetic.image_size",
+            "[height, width], each >= 32",
+            self.image_size,
+        )
+        _check(
+            self.num_train >= 1 and self.num_val >= 1,
+            "data.synthetic.num_train/num_val",
+            "positive ints",
+            (self.num_train, self.num_val),
+        )
 
 
 @dataclass
@@ -172,8 +219,18 @@ class DataConfig:
     """Skip unreadable samples with a warning instead of stopping the run."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers is None or self.num_workers >= 0, "data.num_workers", "a non-negative int or null", self.num_workers)
-        _check(len(self.mean) == len(self.std) and all(s > 0 for s in self.std), "data.mean/std", "equal-length lists with positive std", (self.mean, self.std))
+        _check(
+            self.num_workers is None or self.num_workers >= 0,
+            "data.num_workers",
+            "a non-negative int or null",
+            self.num_workers,
+        )
+        _check(
+            len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
+            "data.mean/std",
+            "equal-length lists with positive std",
+            (self.mean, self.std),
+        )
 
 
 @dataclass
@@ -224,12 +281,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_iters >= 1, "train.max_iters", "a positive int", self.max_iters)
-        _check(self.batch_size >= 2, "train.batch_size", "an int >= 2 (BatchNorm in the pooling branches needs 2 samples)", self.batch_size)
+        _check(
+            self.batch_size >= 2,
+            "train.batch_size",
+            "an int >= 2 (BatchNorm in the pooling branches needs 2 samples)",
+            self.batch_size,
+        )
         _check(self.base_lr > 0, "train.base_lr", "a positive float", self.base_lr)
         _check(self.lr_power >= 0, "train.lr_power", "a non-negative float", self.lr_power)
         for key in ("log_interval", "eval_interval", "checkpoint_interval"):
             _check(getattr(self, key) >= 1, f"train.{key}", "a positive int", getattr(self, key))
-        _check(DEVICE_PATTERN.fullmatch(self.device) is not None, "train.device", "auto, cpu, cuda or cuda:N", self.device)
+        _check(
+            DEVICE_PATTERN.fullmatch(self.device) is not None, "train.device", "auto, cpu, cuda or cuda:N", self.device
+        )
         _check(self.aux_weight >= 0, "train.aux_weight", "a non-negative float", self.aux_weight)
         _check(self.cls_weight >= 0, "train.cls_weight", "a non-negative float", self.cls_weight)
         if isinstance(self.amp, bool):
@@ -246,7 +310,9 @@ class EvalConfig:
     """
 
     _UNSET: typing.ClassVar[Any] = object()  # default of the settings a protocol can fill
-    DEFAULTS: typing.ClassVar[dict[str, Any]] = dict(mode="whole", crop_size=None, stride=None, base_size=None, resize="long", scales=[1.0], flip=False)
+    DEFAULTS: typing.ClassVar[dict[str, Any]] = dict(
+        mode="whole", crop_size=None, stride=None, base_size=None, resize="long", scales=[1.0], flip=False
+    )
     _SIX_SCALES: typing.ClassVar[list[float]] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     PROTOCOLS: typing.ClassVar[dict[str, dict[str, Any]]] = {  # settings not listed take DEFAULTS
         "semseg-cityscapes": dict(mode="slide", crop_size=[713, 713], base_size=2048, flip=True),
@@ -297,14 +363,40 @@ class EvalConfig:
                 setattr(self, key, _deepcopy(preset[key]))
         for key in ("crop_size", "stride"):
             value = getattr(self, key)
-            _check(value is None or (len(value) == 2 and min(value) >= 1), f"eval.{key}", "[height, width] of positive ints, or null", value)
-        _check(self.mode == "whole" or self.crop_size is not None, "eval.crop_size", "[height, width] (required by eval.mode slide)", self.crop_size)
-        _check(self.stride is None or self.crop_size is None or all(s <= c for s, c in zip(self.stride, self.crop_size)),
-               "eval.stride", f"at most the crop size {self.crop_size} (larger strides leave pixels uncovered)", self.stride)
-        _check(self.base_size is None or self.base_size >= 1, "eval.base_size", "a positive int or null", self.base_size)
-        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "eval.scales", "a non-empty list of positive floats", self.scales)
+            _check(
+                value is None or (len(value) == 2 and min(value) >= 1),
+                f"eval.{key}",
+                "[height, width] of positive ints, or null",
+                value,
+            )
+        _check(
+            self.mode == "whole" or self.crop_size is not None,
+            "eval.crop_size",
+            "[height, width] (required by eval.mode slide)",
+            self.crop_size,
+        )
+        _check(
+            self.stride is None or self.crop_size is None or all(s <= c for s, c in zip(self.stride, self.crop_size)),
+            "eval.stride",
+            f"at most the crop size {self.crop_size} (larger strides leave pixels uncovered)",
+            self.stride,
+        )
+        _check(
+            self.base_size is None or self.base_size >= 1, "eval.base_size", "a positive int or null", self.base_size
+        )
+        _check(
+            len(self.scales) > 0 and all(s > 0 for s in self.scales),
+            "eval.scales",
+            "a non-empty list of positive floats",
+            self.scales,
+        )
         _check(self.window_batch >= 1, "eval.window_batch", "a positive int", self.window_batch)
-        _check(self.max_pixels is None or self.max_pixels >= 1, "eval.max_pixels", "a positive int or null", self.max_pixels)
+        _check(
+            self.max_pixels is None or self.max_pixels >= 1,
+            "eval.max_pixels",
+            "a positive int or null",
+            self.max_pixels,
+        )
         _check(self.batch_size >= 1, "eval.batch_size", "a positive int", self.batch_size)
 
     @classmethod
@@ -392,8 +484,10 @@ class Config:
     def __post_init__(self) -> None:
         channels = self.model.in_channels
         if len(self.data.mean) != channels:
-            raise ConfigError(f"data.mean/std: {len(self.data.mean)} values but model.in_channels is {channels}; give one "
-                              f"value per input channel, e.g. data.mean={[0.449] * channels} data.std={[0.226] * channels}")
+            raise ConfigError(
+                f"data.mean/std: {len(self.data.mean)} values but model.in_channels is {channels}; give one "
+                f"value per input channel, e.g. data.mean={[0.449] * channels} data.std={[0.226] * channels}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -425,11 +519,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval), got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (model, data, train, eval), got {type(loaded).__name__}"
+            )
         data = loaded or {}
         source = str(path)
     Config.from_dict(data, source=source)  # report file errors before override errors
-    return Config.from_dict(apply_overrides(data, overrides or []), source=source if not overrides else f"{source} + --set")
+    return Config.from_dict(
+        apply_overrides(data, overrides or []), source=source if not overrides else f"{source} + --set"
+    )
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -451,8 +549,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[node.target.id] = " ".join(following.value.value.split("\n\n")[0].split())
     return docs
 
@@ -466,7 +569,9 @@ def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, 
         if dataclasses.is_dataclass(hint):
             rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
         else:
-            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            default = (
+                yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            )
             rows.append((f"{prefix}{f.name}", _type_name(hint), default, docs.get(f.name, "")))
     return rows
 

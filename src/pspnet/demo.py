@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         ("validation log", out / "val_log.csv"),
         ("curves", out / "curves.png"),
         ("report", out / "report.html"),
-        ("tensorboard", f"{os.path.relpath(Path(sys.executable).with_name('tensorboard'))} --logdir {out / 'tensorboard'}"),
+        (
+            "tensorboard",
+            f"{os.path.relpath(Path(sys.executable).with_name('tensorboard'))} --logdir {out / 'tensorboard'}",
+        ),
         ("evaluation", out / "eval-val.json"),
         ("input images", inputs),
         ("predictions", f"{out / 'predictions'} (legend.png explains the colours)"),

@@ -37,8 +37,9 @@ class PSPLoss(nn.Module):
             return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / pixels
 
-    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor,
-                pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], target: torch.Tensor, pixels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Returns `loss` (the total to backpropagate) and each term (`main`, `aux`, `cls`).
 
         `pixels` replaces the count of labelled pixels the cross-entropy sums are divided by: on each of

@@ -4,8 +4,8 @@ preview grids (PIL only)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -69,8 +69,10 @@ def error_map(image: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> 
     bright red where it differs, flat grey where `target` is the ignore label."""
     target, prediction = _check_label(target), _check_label(prediction)
     if prediction.shape != target.shape or np.asarray(image).shape != target.shape + (3,):
-        raise ValueError(f"image {np.asarray(image).shape}, target {target.shape} and prediction {prediction.shape} "
-                         "must have the same height and width (an HxWx3 image)")
+        raise ValueError(
+            f"image {np.asarray(image).shape}, target {target.shape} and prediction {prediction.shape} "
+            "must have the same height and width (an HxWx3 image)"
+        )
     result = np.rint(np.asarray(image, dtype=np.float64) * CORRECT_BRIGHTNESS).astype(np.uint8)
     result[prediction != target] = ERROR_COLOUR
     result[target == IGNORE_INDEX] = IGNORED_COLOUR

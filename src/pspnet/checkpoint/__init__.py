@@ -5,5 +5,13 @@ from .load import BACKENDS, load_checkpoint, load_model, load_pytorch_checkpoint
 from .native import load_strict, read_metadata, save_checkpoint
 from .reference import convert_checkpoint
 
-__all__ = ["BACKENDS", "load_checkpoint", "load_model", "load_pytorch_checkpoint", "save_checkpoint", "read_metadata",
-           "load_strict", "convert_checkpoint"]
+__all__ = [
+    "BACKENDS",
+    "load_checkpoint",
+    "load_model",
+    "load_pytorch_checkpoint",
+    "save_checkpoint",
+    "read_metadata",
+    "load_strict",
+    "convert_checkpoint",
+]

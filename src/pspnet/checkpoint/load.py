@@ -34,13 +34,15 @@ def load_pytorch_checkpoint(path: str | Path) -> tuple[PSPNet, Config, dict[str,
     if is_safetensors(path):
         return load_native(path)
     if is_onnx(path):
-        raise CheckpointError(f"{path} is an ONNX file; this needs a PyTorch checkpoint (.safetensors, semseg or "
-                              "mmseg .pth)")
+        raise CheckpointError(
+            f"{path} is an ONNX file; this needs a PyTorch checkpoint (.safetensors, semseg or mmseg .pth)"
+        )
     return load_reference(path)
 
 
-def load_checkpoint(path: str | Path, backend: str | None = None,
-                    threads: int | None = None) -> tuple[Model, Config, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, backend: str | None = None, threads: int | None = None
+) -> tuple[Model, Config, dict[str, Any]]:
     """A model file's model (eval mode, on `backend`), resolved config and metadata.
 
     A native file carries its config, and so does an exported ONNX file; a semseg or mmsegmentation
@@ -54,8 +56,9 @@ def load_checkpoint(path: str | Path, backend: str | None = None,
         torch.set_num_threads(threads)
     if not is_safetensors(path) and is_onnx(path):
         if backend is not None:
-            raise ConfigError(f"{path} is an ONNX file: it runs on onnxruntime, --backend {backend} applies to "
-                              "PyTorch checkpoints")
+            raise ConfigError(
+                f"{path} is an ONNX file: it runs on onnxruntime, --backend {backend} applies to PyTorch checkpoints"
+            )
         return load_onnx(path, threads)
     model, config, meta = load_pytorch_checkpoint(path)
     return (BFloat16Model(model) if backend == "torch-bf16" else model), config, meta

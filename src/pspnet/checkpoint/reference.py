@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -125,19 +126,23 @@ def detect_layout(state: dict[str, torch.Tensor], source: str | Path, meta: dict
     """The reference layout of a state dict, recognised from its key names (and mmseg's `meta`)."""
     keys = list(state)
     prefix = "module." if all(key.startswith("module.") for key in keys) else ""
-    names = [key[len(prefix):] for key in keys]
+    names = [key[len(prefix) :] for key in keys]
     if any(name.startswith("layer0.") for name in names):
         return Layout("semseg", SEMSEG_RULES, "_deepstem", "uniform", True, prefix)
     if any(name.startswith("backbone.") for name in names) and any(name.startswith("decode_head.") for name in names):
         if not any(name.startswith("decode_head.psp_modules.") for name in names):
-            raise CheckpointError(f"{source}: an mmsegmentation checkpoint, but its decode head is not a PSPHead "
-                                  "(no decode_head.psp_modules.* tensors)")
+            raise CheckpointError(
+                f"{source}: an mmsegmentation checkpoint, but its decode head is not a PSPHead "
+                "(no decode_head.psp_modules.* tensors)"
+            )
         deep_stem = f"{prefix}backbone.stem.0.weight" in state
         rules = (MMSEG_DEEP_STEM_RULES if deep_stem else ()) + MMSEG_RULES
         return Layout("mmseg", rules, "_v1c" if deep_stem else "", "mmseg", mmseg_align_corners(meta or {}), prefix)
     shown = ", ".join(keys[:5]) or "none"
-    raise CheckpointError(f"{source}: a torch file, but not a checkpoint layout pspnet knows "
-                          f"(pspnet, semseg or mmsegmentation); first keys: {shown}")
+    raise CheckpointError(
+        f"{source}: a torch file, but not a checkpoint layout pspnet knows "
+        f"(pspnet, semseg or mmsegmentation); first keys: {shown}"
+    )
 
 
 def mmseg_align_corners(meta: dict[str, Any]) -> bool:
@@ -149,7 +154,9 @@ def mmseg_align_corners(meta: dict[str, Any]) -> bool:
     text = meta.get("config") or meta.get("cfg")
     if not isinstance(text, str):
         return False
-    match = re.search(r"decode_head['\"]?\s*[=:]\s*(?:dict\(|\{).*?align_corners['\"]?\s*[=:]\s*(True|False)", text, re.DOTALL)
+    match = re.search(
+        r"decode_head['\"]?\s*[=:]\s*(?:dict\(|\{).*?align_corners['\"]?\s*[=:]\s*(True|False)", text, re.DOTALL
+    )
     return match is not None and match.group(1) == "True"
 
 
@@ -162,13 +169,18 @@ def infer_model_config(state: dict[str, torch.Tensor], layout: Layout, source: s
             raise CheckpointError(f"{source}: {layout.format} checkpoint without {name}")
         return tuple(state[name].shape)
 
-    blocks = tuple(_count(state, lambda index: layout.source_key(f"encoder.layer{stage}.{index}.")) for stage in range(1, 5))
+    blocks = tuple(
+        _count(state, lambda index, stage=stage: layout.source_key(f"encoder.layer{stage}.{index}."))
+        for stage in range(1, 5)
+    )
     stages = layout.source_key("encoder.layer")
     bottleneck = any(key.startswith(stages) and ".conv3." in key for key in state)
     depth = RESNET_DEPTH.get((blocks, bottleneck))
     if depth is None:
         kind = "bottleneck" if bottleneck else "basic"
-        raise CheckpointError(f"{source}: {list(blocks)} {kind} blocks per stage match no ResNet (18, 34, 50, 101, 152)")
+        raise CheckpointError(
+            f"{source}: {list(blocks)} {kind} blocks per stage match no ResNet (18, 34, 50, 101, 152)"
+        )
     stem_conv = shape("encoder.conv1.0.weight" if layout.stem else "encoder.conv1.weight")
     planes = [shape(f"encoder.layer{stage}.0.conv1.weight")[0] for stage in range(1, 5)]
     encoder_kwargs: dict[str, Any] = {}
@@ -177,11 +189,17 @@ def infer_model_config(state: dict[str, torch.Tensor], layout: Layout, source: s
     if layout.stem and stem_conv[0] != STEMS[layout.stem]["stem_width"]:
         encoder_kwargs["stem_width"] = stem_conv[0]
 
-    branches = _count(state, lambda index: layout.shared_prefix(
-        f"decode_head.ppm.branches.{index}.1.weight", f"decode_head.ppm.branches.{index}.2.weight"))
+    branches = _count(
+        state,
+        lambda index: layout.shared_prefix(
+            f"decode_head.ppm.branches.{index}.1.weight", f"decode_head.ppm.branches.{index}.2.weight"
+        ),
+    )
     if branches not in (0, len(PAPER_BINS)):
-        raise CheckpointError(f"{source}: {branches} pooling branches; pool sizes are not stored in the weights and "
-                              f"only the references' {len(PAPER_BINS)} (bins {PAPER_BINS}) are known")
+        raise CheckpointError(
+            f"{source}: {branches} pooling branches; pool sizes are not stored in the weights and "
+            f"only the references' {len(PAPER_BINS)} (bins {PAPER_BINS}) are known"
+        )
     aux_prefix = layout.shared_prefix("aux_head.conv.0.weight", "aux_head.classifier.weight")
     has_aux = any(key.startswith(aux_prefix) for key in state)
     classifier = shape("decode_head.classifier.weight")
@@ -211,8 +229,9 @@ def _count(state: dict[str, torch.Tensor], prefix_of: Callable[[int], str]) -> i
     return count
 
 
-def convert_state(state: dict[str, torch.Tensor], model: PSPNet, layout: Layout,
-                  source: str | Path) -> dict[str, torch.Tensor]:
+def convert_state(
+    state: dict[str, torch.Tensor], model: PSPNet, layout: Layout, source: str | Path
+) -> dict[str, torch.Tensor]:
     """`model`'s state dict filled from the file's tensors, or an error listing every mismatch.
 
     Missing, unexpected and wrong-shaped tensors are all reported, under the file's own names.
@@ -221,8 +240,12 @@ def convert_state(state: dict[str, torch.Tensor], model: PSPNet, layout: Layout,
     names = {key: layout.source_key(key) for key in own}
     diff = compare_state_dicts(own, state, names, optional=("num_batches_tracked",))
     if diff:
-        raise CheckpointError(diff.describe(f"{source}: the {layout.format} checkpoint does not match the architecture "
-                                            f"inferred from it ({model.config.encoder}, {model.config.num_classes} classes)"))
+        raise CheckpointError(
+            diff.describe(
+                f"{source}: the {layout.format} checkpoint does not match the architecture "
+                f"inferred from it ({model.config.encoder}, {model.config.num_classes} classes)"
+            )
+        )
     return {key: state[name] if name in state else torch.zeros_like(own[key]) for key, name in names.items()}
 
 
@@ -250,8 +273,11 @@ def read_reference(path: str | Path) -> ReferenceFile:
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict of tensors)")
     state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
+    ):
         raise CheckpointError(f"{path}: not a checkpoint (no state dict of tensors)")
     meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
     layout = detect_layout(state, path, meta)
@@ -271,14 +297,17 @@ def meta_classes(meta: dict[str, Any], source: str | Path) -> ClassInfo | None:
         raise CheckpointError(f"{source}: unusable class names/palette in the checkpoint's meta: {exc}") from None
 
 
-def resolve_classes(num_classes: int, stored: ClassInfo | None, dataset: str | None,
-                    source: str | Path) -> tuple[ClassInfo, DataConfig]:
+def resolve_classes(
+    num_classes: int, stored: ClassInfo | None, dataset: str | None, source: str | Path
+) -> tuple[ClassInfo, DataConfig]:
     """Names and palette (the checkpoint's, else `dataset`'s, else generic) and the matching data section.
 
     Without `dataset`, the data section names a known dataset only when the stored names are exactly its names.
     """
     if stored is not None and stored.num_classes != num_classes:
-        raise CheckpointError(f"{source}: the meta lists {stored.num_classes} classes but the classifier predicts {num_classes}")
+        raise CheckpointError(
+            f"{source}: the meta lists {stored.num_classes} classes but the classifier predicts {num_classes}"
+        )
     known = dataset_classes(dataset) if dataset else None
     if known is not None and known.num_classes != num_classes:
         raise ConfigError(f"--dataset {dataset}: {known.num_classes} classes, but the model predicts {num_classes}")
@@ -305,21 +334,28 @@ def load_reference(path: str | Path, dataset: str | None = None) -> tuple[PSPNet
     Class names come from the file's meta, else from `dataset` (cityscapes, ade20k, voc), else are generic.
     """
     reference = read_reference(path)
-    classes, data = resolve_classes(reference.model_config.num_classes, meta_classes(reference.meta, path), dataset, path)
+    classes, data = resolve_classes(
+        reference.model_config.num_classes, meta_classes(reference.meta, path), dataset, path
+    )
     model = reference.build_model(classes)
     return model, Config(model=model.config, data=data), {"source_format": reference.layout.format}
 
 
-def convert_checkpoint(source: str | Path, dest: str | Path, dataset: str | None = None,
-                       num_classes: int | None = None) -> Conversion:
+def convert_checkpoint(
+    source: str | Path, dest: str | Path, dataset: str | None = None, num_classes: int | None = None
+) -> Conversion:
     """Write a semseg or mmseg checkpoint in pspnet's native format (safetensors + JSON metadata).
 
     The metadata records the source format, the source file's name and sha256 and the architecture
     read from it. `num_classes` re-initialises the classifiers for fine-tuning on another label set.
     """
     reference = read_reference(source)
-    classes, data = resolve_classes(reference.model_config.num_classes, meta_classes(reference.meta, source),
-                                    None if num_classes is not None else dataset, source)
+    classes, data = resolve_classes(
+        reference.model_config.num_classes,
+        meta_classes(reference.meta, source),
+        None if num_classes is not None else dataset,
+        source,
+    )
     model = reference.build_model(classes)
     reinitialised = []
     if num_classes is not None:
@@ -330,7 +366,12 @@ def convert_checkpoint(source: str | Path, dest: str | Path, dataset: str | None
         reinitialised = model.reset_classifiers(classes)
     config = Config(model=model.config, data=data)
     sha256 = file_sha256(source)
-    converted_from = {"format": reference.layout.format, "file": Path(source).name, "sha256": sha256,
-                      "architecture": dataclasses.asdict(reference.model_config), "reinitialised": reinitialised}
+    converted_from = {
+        "format": reference.layout.format,
+        "file": Path(source).name,
+        "sha256": sha256,
+        "architecture": dataclasses.asdict(reference.model_config),
+        "reinitialised": reinitialised,
+    }
     path = save_checkpoint(dest, model, config, converted_from=converted_from)
     return Conversion(path, reference.layout.format, sha256, config, classes, reinitialised)

@@ -10,12 +10,30 @@ import yaml
 
 from ..config import DEVICE_PATTERN, Config, EvalConfig
 
-PROTOCOL_FLAGS = ("mode", "crop_size", "stride", "base_size", "resize", "scales", "flip", "window_batch", "max_pixels", "absent")
+PROTOCOL_FLAGS = (
+    "mode",
+    "crop_size",
+    "stride",
+    "base_size",
+    "resize",
+    "scales",
+    "flip",
+    "window_batch",
+    "max_pixels",
+    "absent",
+)
 
 
 def add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set train.max_iters=2000 model.dropout=0.2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.max_iters=2000 model.dropout=0.2",
+    )
 
 
 def device_name(text: str) -> str:
@@ -26,16 +44,25 @@ def device_name(text: str) -> str:
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
     """`--backend` and `--threads` of the commands that run a model (evaluate, predict, serve)."""
-    parser.add_argument("--backend", choices=["torch", "torch-bf16"],
-                        help="how a PyTorch checkpoint runs: torch (eager fp32, default) or torch-bf16 (bf16 weights "
-                             "and activations: AVX-512 BF16/AMX CPUs, GPUs); .onnx files always run on onnxruntime")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="intra-op threads for torch and onnxruntime (default: OMP_NUM_THREADS, else the cores)")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "torch-bf16"],
+        help="how a PyTorch checkpoint runs: torch (eager fp32, default) or torch-bf16 (bf16 weights "
+        "and activations: AVX-512 BF16/AMX CPUs, GPUs); .onnx files always run on onnxruntime",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="intra-op threads for torch and onnxruntime (default: OMP_NUM_THREADS, else the cores)",
+    )
 
 
 def positive_int(text: str) -> int:
@@ -49,19 +76,37 @@ def positive_int(text: str) -> int:
 def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
     """Inference protocol flags of evaluate, predict and serve: shorthands for `--set eval.*` (see docs/evaluation.md)."""
     group = parser.add_argument_group("inference protocol (shorthands for --set eval.KEY=VALUE)")
-    group.add_argument("--protocol", metavar="PRESET", choices=list(EvalConfig.PROTOCOLS),
-                       help=f"preset; the flags below change parts of it: {', '.join(EvalConfig.PROTOCOLS)}")
+    group.add_argument(
+        "--protocol",
+        metavar="PRESET",
+        choices=list(EvalConfig.PROTOCOLS),
+        help=f"preset; the flags below change parts of it: {', '.join(EvalConfig.PROTOCOLS)}",
+    )
     group.add_argument("--mode", choices=["whole", "slide"], help="whole image at once, or sliding windows")
     group.add_argument("--crop-size", type=int, nargs="+", metavar="N", help="window size: N (square) or H W")
-    group.add_argument("--stride", type=int, nargs="+", metavar="N", help="window stride: N or H W (default: 2/3 of the crop, rounded up)")
-    group.add_argument("--base-size", type=int, metavar="N", help="at scale s, resize the long (or --resize short) side to s * N")
+    group.add_argument(
+        "--stride",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="window stride: N or H W (default: 2/3 of the crop, rounded up)",
+    )
+    group.add_argument(
+        "--base-size", type=int, metavar="N", help="at scale s, resize the long (or --resize short) side to s * N"
+    )
     group.add_argument("--resize", choices=["long", "short"], help="which side --base-size sets")
-    group.add_argument("--scales", type=float, nargs="+", metavar="S", help="test scales, e.g. 0.5 0.75 1 1.25 1.5 1.75")
+    group.add_argument(
+        "--scales", type=float, nargs="+", metavar="S", help="test scales, e.g. 0.5 0.75 1 1.25 1.5 1.75"
+    )
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="average with the mirrored image")
     group.add_argument("--window-batch", type=int, metavar="N", help="windows per forward pass")
-    group.add_argument("--max-pixels", type=int, metavar="N",
-                       help="refuse larger images, from the file header (default: 8 M whole image, 100 M sliding "
-                            "window at one scale, 40 M when resizing)")
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse larger images, from the file header (default: 8 M whole image, 100 M sliding "
+        "window at one scale, 40 M when resizing)",
+    )
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +134,12 @@ def inference_config(config: Config, args: argparse.Namespace) -> Config:
     for item in args.overrides:
         key, _, raw = item.partition("=")
         if key.strip() == "eval.protocol":
-            config = Config(model=config.model, data=config.data, train=config.train,
-                            eval=config.eval.with_protocol(yaml.safe_load(raw)))
+            config = Config(
+                model=config.model,
+                data=config.data,
+                train=config.train,
+                eval=config.eval.with_protocol(yaml.safe_load(raw)),
+            )
         else:
             config = config.replace([item])
     return config
@@ -106,8 +155,8 @@ def load_for_inference(args: argparse.Namespace, context):
 
     from ..checkpoint import load_checkpoint
     from ..config import load_config
-    from ..engine.run_dir import RunDirectory
     from ..errors import ConfigError
+    from ..training.run_dir import RunDirectory
 
     checkpoint = RunDirectory(args.checkpoint).checkpoint() if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
     model, config, _ = load_checkpoint(checkpoint, args.backend, args.threads)
@@ -118,6 +167,8 @@ def load_for_inference(args: argparse.Namespace, context):
     if isinstance(model, torch.nn.Module):
         return model.to(context.device), config, checkpoint
     if args.device not in ("auto", "cpu"):
-        raise ConfigError(f"{checkpoint} is an ONNX file: it runs on the CPU (onnxruntime); --device {args.device} "
-                          "applies to PyTorch checkpoints")
+        raise ConfigError(
+            f"{checkpoint} is an ONNX file: it runs on the CPU (onnxruntime); --device {args.device} "
+            "applies to PyTorch checkpoints"
+        )
     return model, config, checkpoint

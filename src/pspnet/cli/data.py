@@ -11,14 +11,22 @@ from .common import add_set
 def add_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect a dataset (check, preview)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    check = data_sub.add_parser("check", help="scan a dataset split and report every problem",
-                                description="Counts, class pixel frequencies and every problem with its file name; "
-                                            "exits 1 when problems are found.")
+    check = data_sub.add_parser(
+        "check",
+        help="scan a dataset split and report every problem",
+        description="Counts, class pixel frequencies and every problem with its file name; "
+        "exits 1 when problems are found.",
+    )
     check.add_argument("config", help="YAML config whose data section describes the dataset")
     check.add_argument("--split", help="split to scan (default: the training split)")
-    check.add_argument("--max-unmatched", type=float, default=0.01, metavar="FRACTION",
-                       help="largest fraction of a colour mask's pixels that may match no class colour before the "
-                            "file is reported (default 0.01)")
+    check.add_argument(
+        "--max-unmatched",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="largest fraction of a colour mask's pixels that may match no class colour before the "
+        "file is reported (default 0.01)",
+    )
     add_set(check)
     check.set_defaults(run=run_check)
     preview = data_sub.add_parser("preview", help="grid of images with their masks and a class legend")

@@ -9,56 +9,101 @@ from pathlib import Path
 
 from .common import add_inference_options, load_for_inference
 
-CHECKPOINT_HELP = ("a .safetensors checkpoint (semseg and mmseg .pth files too), an .onnx file from `pspnet export`, "
-                   "or a run directory (its best, else last, checkpoint)")
+CHECKPOINT_HELP = (
+    "a .safetensors checkpoint (semseg and mmseg .pth files too), an .onnx file from `pspnet export`, "
+    "or a run directory (its best, else last, checkpoint)"
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
-                              description="Per-class IoU, mIoU, mAcc and aAcc of CHECKPOINT on a dataset split.")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a split",
+        description="Per-class IoU, mIoU, mAcc and aAcc of CHECKPOINT on a dataset split.",
+    )
     evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
     evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
-    evaluate.add_argument("--out", help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
-                                        "beside it (default: next to the checkpoint)")
+    evaluate.add_argument(
+        "--out",
+        help="JSON file for the results, with a CSV of the per-class IoU and accuracy "
+        "beside it (default: next to the checkpoint)",
+    )
     evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix as a heatmap")
-    evaluate.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report: the evaluation, "
-                          "sample predictions (worst images first) and, for a checkpoint of a run directory, the run")
+    evaluate.add_argument(
+        "--report",
+        metavar="HTML",
+        help="also write a self-contained HTML report: the evaluation, "
+        "sample predictions (worst images first) and, for a checkpoint of a run directory, the run",
+    )
     add_inference_options(evaluate)
-    evaluate.add_argument("--absent", choices=["exclude", "zero"],
-                          help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
-                               "Cityscapes) or counted as IoU 0 (semseg)")
+    evaluate.add_argument(
+        "--absent",
+        choices=["exclude", "zero"],
+        help="classes absent from ground truth and prediction: left out of mIoU (default; mmseg, "
+        "Cityscapes) or counted as IoU 0 (semseg)",
+    )
     evaluate.set_defaults(run=run_evaluate)
 
-    predict = sub.add_parser("predict", help="segment images and videos", description="Segment image and video files "
-                             "or folders. Outputs keep each input's path relative to the folder all inputs share, so "
-                             "names never collide; legend.png and classes.json explain the colours and label values.",
-                             epilog="Exit status: 0, or 1 when some inputs could not be read (the others are written).")
+    predict = sub.add_parser(
+        "predict",
+        help="segment images and videos",
+        description="Segment image and video files "
+        "or folders. Outputs keep each input's path relative to the folder all inputs share, so "
+        "names never collide; legend.png and classes.json explain the colours and label values.",
+        epilog="Exit status: 0, or 1 when some inputs could not be read (the others are written).",
+    )
     predict.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    predict.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="image or video files, or folders (searched recursively); a video NAME.mp4 gives "
-                              "NAME.overlay.mp4 (needs the `video` extra: PyAV)")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image or video files, or folders (searched recursively); a video NAME.mp4 gives "
+        "NAME.overlay.mp4 (needs the `video` extra: PyAV)",
+    )
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--format", dest="output_format", choices=["pspnet", "cityscapes"], default="pspnet",
-                         help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
-                              "X_leftImg8bit.png, for the official evaluator and benchmark submissions")
-    predict.add_argument("--skip-existing", action="store_true",
-                         help="skip inputs whose outputs are all there (an interrupted image is redone)")
-    predict.add_argument("--probabilities", choices=["confidence", "full"],
-                         help="images: confidence/NAME.png, the top class's probability as 8-bit grey (255 = 1.0); "
-                              "full: also probabilities/NAME.npy, every class's probability (K x H x W float16)")
-    predict.add_argument("--overlay-alpha", type=float, default=0.5, metavar="A",
-                         help="weight of the class colours in overlays, 0 to 1 (default 0.5)")
-    predict.add_argument("--video-crf", type=int, default=18, metavar="N",
-                         help="quality of overlay videos: x264's constant rate factor, 0 (lossless) to 51 (default 18)")
-    predict.add_argument("--video-labels", action="store_true",
-                         help="also write each video frame's label map: NAME.labels/NNNNNN.png")
+    predict.add_argument(
+        "--format",
+        dest="output_format",
+        choices=["pspnet", "cityscapes"],
+        default="pspnet",
+        help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
+        "X_leftImg8bit.png, for the official evaluator and benchmark submissions",
+    )
+    predict.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose outputs are all there (an interrupted image is redone)",
+    )
+    predict.add_argument(
+        "--probabilities",
+        choices=["confidence", "full"],
+        help="images: confidence/NAME.png, the top class's probability as 8-bit grey (255 = 1.0); "
+        "full: also probabilities/NAME.npy, every class's probability (K x H x W float16)",
+    )
+    predict.add_argument(
+        "--overlay-alpha",
+        type=float,
+        default=0.5,
+        metavar="A",
+        help="weight of the class colours in overlays, 0 to 1 (default 0.5)",
+    )
+    predict.add_argument(
+        "--video-crf",
+        type=int,
+        default=18,
+        metavar="N",
+        help="quality of overlay videos: x264's constant rate factor, 0 (lossless) to 51 (default 18)",
+    )
+    predict.add_argument(
+        "--video-labels", action="store_true", help="also write each video frame's label map: NAME.labels/NNNNNN.png"
+    )
     add_inference_options(predict)
     predict.set_defaults(run=run_predict)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..engine import distributed  # heavy (torch): only when the command runs
+    from ..system import distributed  # heavy (torch): only when the command runs
 
     with distributed.session(args.device) as context:
         return _evaluate(args, context)
@@ -66,11 +111,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, context) -> int:
     """Evaluate on this process's share of the split (all of it without torchrun); rank 0 reports."""
-    from ..engine.distributed import agree
-    from ..engine.evaluator import ImageScores, evaluate_split, split_dataset
     from ..io.files import write_json
+    from ..jobs.evaluation import ImageScores, evaluate_split, split_dataset
     from ..report.results import metrics_to_dict, save_csv
     from ..report.table import format_table
+    from ..system.distributed import agree
 
     def prepare():
         model, config, checkpoint = load_for_inference(args, context)
@@ -89,8 +134,13 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     print(format_table(metrics, names, title=f"{checkpoint} on {config.data.format}/{split}", protocol=protocol))
     out = Path(args.out) if args.out else checkpoint.with_suffix(f".eval-{split}.json")
     result = metrics_to_dict(metrics, names, protocol=protocol)
-    result["inputs"] = {"checkpoint": str(checkpoint), "dataset": config.data.format, "root": config.data.root,
-                        "split": split, "images": len(dataset)}
+    result["inputs"] = {
+        "checkpoint": str(checkpoint),
+        "dataset": config.data.format,
+        "root": config.data.root,
+        "split": split,
+        "images": len(dataset),
+    }
     result["eval_config"] = dataclasses.asdict(config.eval)
     write_json(out, result)
     save_csv(out.with_suffix(".csv"), metrics, names)
@@ -101,7 +151,7 @@ def _evaluate(args: argparse.Namespace, context) -> int:
         save_png(confusion_matrix(metrics.confusion, names), args.confusion)
         print(f"confusion matrix: {args.confusion}")
     if args.report:
-        from ..engine.run_report import write_report  # heavy (matplotlib): only for the report
+        from ..training.run_report import write_report  # heavy (matplotlib): only for the report
 
         print(f"report: {write_report(args.report, model, config, checkpoint, split, metrics, scores, dataset)}")
     return 0
@@ -115,29 +165,41 @@ def describe_outputs(report, args: argparse.Namespace) -> str:
     kinds = []
     if len(report.written) > videos:
         kinds += ["labels/", "color/", "overlay/"]
-        kinds += {None: [], "confidence": ["confidence/"], "full": ["confidence/", "probabilities/"]}[args.probabilities]
+        kinds += {None: [], "confidence": ["confidence/"], "full": ["confidence/", "probabilities/"]}[
+            args.probabilities
+        ]
     if videos:
         kinds += ["NAME.overlay.mp4"] + (["NAME.labels/"] if args.video_labels else [])
     return ", ".join(kinds + ["legend.png", "classes.json"])
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..engine import distributed  # heavy (torch): only when the command runs
-    from ..engine.predict import OutputOptions, predict_files
-    from ..engine.video import VideoOptions
+    from ..jobs.predict_files import OutputOptions, predict_files
+    from ..jobs.video import VideoOptions
+    from ..system import distributed  # heavy (torch): only when the command runs
 
     with distributed.session(args.device) as context:
         model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
         options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
-        report = predict_files(model, args.inputs, args.out, config.eval, progress=not args.quiet,
-                               output_format=args.output_format, skip_existing=args.skip_existing, options=options,
-                               distributed=context)
+        report = predict_files(
+            model,
+            args.inputs,
+            args.out,
+            config.eval,
+            progress=not args.quiet,
+            output_format=args.output_format,
+            skip_existing=args.skip_existing,
+            options=options,
+            distributed=context,
+        )
     if not context.is_main:
         return 1 if report.failed else 0
     written = len(report.written)
     if written:
-        print(f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({describe_outputs(report, args)}); "
-              f"protocol: {config.eval.describe()}")
+        print(
+            f"wrote {written} prediction{'s' if written != 1 else ''} to {args.out} ({describe_outputs(report, args)}); "
+            f"protocol: {config.eval.describe()}"
+        )
     else:
         print("no predictions written")
     if report.skipped:

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the job
-    logging.basicConfig(level=logging.INFO if main_process else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.run(args)
     except PSPNetError as exc:

@@ -10,44 +10,68 @@ from .evaluate import CHECKPOINT_HELP
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
-        "serve", help="serve a model over HTTP: JSON API and web page",
+        "serve",
+        help="serve a model over HTTP: JSON API and web page",
         description="Serve CHECKPOINT on HTTP: the page at /, POST /v1/segment, GET /v1/model, /healthz, /readyz and "
-                    "/metrics. One model and one inference worker; requests wait in a bounded queue. Uploads larger "
-                    "than --max-pixels are refused from their header: default 40 M pixels, or the protocol's own "
-                    "lower cap (whole image: 8 M).",
+        "/metrics. One model and one inference worker; requests wait in a bounded queue. Uploads larger "
+        "than --max-pixels are refused from their header: default 40 M pixels, or the protocol's own "
+        "lower cap (whole image: 8 M).",
         epilog="SIGTERM or Ctrl-C stops accepting connections, answers the requests already admitted (up to "
-               "--drain-timeout seconds), then exits.")
+        "--drain-timeout seconds), then exits.",
+    )
     serve.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
-                       help="largest request body in MiB; longer uploads are refused (413) without reading them (default 20)")
-    serve.add_argument("--queue-size", type=int, default=64, metavar="N",
-                       help="requests that may wait while one is segmented; more are answered 503 with Retry-After "
-                            "(default 64)")
-    serve.add_argument("--drain-timeout", type=positive_int, default=30, metavar="S",
-                       help="seconds that admitted requests get to finish after SIGTERM (default 30)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=20.0,
+        metavar="MB",
+        help="largest request body in MiB; longer uploads are refused (413) without reading them (default 20)",
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests that may wait while one is segmented; more are answered 503 with Retry-After (default 64)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=positive_int,
+        default=30,
+        metavar="S",
+        help="seconds that admitted requests get to finish after SIGTERM (default 30)",
+    )
     add_inference_options(serve)
     serve.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..engine.device import resolve_device  # heavy (torch): only when the command runs
-    from ..engine.distributed import Distributed
     from ..errors import ConfigError
+    from ..system.device import resolve_device  # heavy (torch): only when the command runs
+    from ..system.distributed import Distributed
 
     try:  # heavy and optional (fastapi, uvicorn): only when the command runs
         from ..serve.app import ServeOptions, create_app, default_pixel_cap, run
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"{exc.name} is not installed; pspnet serve needs the serve extra: "
-                          "pip install 'pspnet[serve]'") from None
+        raise ConfigError(
+            f"{exc.name} is not installed; pspnet serve needs the serve extra: pip install 'pspnet[serve]'"
+        ) from None
     model, config, checkpoint = load_for_inference(args, Distributed(device=resolve_device(args.device)))
-    options = ServeOptions(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=default_pixel_cap(config.eval),
-                           queue_size=args.queue_size)
+    options = ServeOptions(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=default_pixel_cap(config.eval),
+        queue_size=args.queue_size,
+    )
     app = create_app(model, config, checkpoint, options)
-    print(f"serving {checkpoint} on http://{args.host}:{args.port}/ (API: POST /v1/segment; protocol: "
-          f"{config.eval.describe()}; uploads up to {args.max_upload_mb:g} MB and {options.max_pixels / 1e6:g} M pixels)",
-          flush=True)
+    print(
+        f"serving {checkpoint} on http://{args.host}:{args.port}/ (API: POST /v1/segment; protocol: "
+        f"{config.eval.describe()}; uploads up to {args.max_upload_mb:g} MB and {options.max_pixels / 1e6:g} M pixels)",
+        flush=True,
+    )
     try:
         run(app, args.host, args.port, args.drain_timeout, args.quiet)
     except KeyboardInterrupt:  # Ctrl-C after the admitted requests were answered

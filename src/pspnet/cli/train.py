@@ -13,19 +13,30 @@ RUN_CONFIG = "config.yaml"
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "train", help="train a model",
+        "train",
+        help="train a model",
         description="Train PSPNet as CONFIG describes, or continue a run: `pspnet train --resume RUN_DIR` (its "
-                    "config.yaml, with --set changes such as a larger train.max_iters).",
+        "config.yaml, with --set changes such as a larger train.max_iters).",
         epilog="Exit status: 0 when the run finished, 130 (Ctrl-C) or 143 (SIGTERM) when it was stopped after "
-               "saving (continue it with --resume), 2 on bad input.")
+        "saving (continue it with --resume), 2 on bad input.",
+    )
     parser.add_argument("config", nargs="?", help="YAML config (see configs/); optional with --resume RUN_DIR")
     add_set(parser)
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
-    parser.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR (or --out) from its last checkpoint")
-    parser.add_argument("--nproc-per-node", type=int, metavar="N",
-                        help="train on N processes of this machine (one per GPU, or CPU processes over gloo): runs "
-                             "torchrun's launcher; for several machines use torchrun itself (see the README)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR (or --out) from its last checkpoint",
+    )
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine (one per GPU, or CPU processes over gloo): runs "
+        "torchrun's launcher; for several machines use torchrun itself (see the README)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -72,11 +83,11 @@ def launch(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine import distributed  # heavy (torch, timm): only when training runs
-    from ..engine.environment import command_line
-    from ..engine.run_report import report_run
-    from ..engine.trainer import Trainer
     from ..report.table import format_table
+    from ..system import distributed  # heavy (torch, timm): only when training runs
+    from ..system.environment import command_line
+    from ..training.run_report import report_run
+    from ..training.trainer import Trainer
 
     if args.nproc_per_node and not distributed.launched_by_torchrun():
         return launch(args)
@@ -85,8 +96,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
     config = load_config(config_path, args.overrides)
     with distributed.session(config.train.device) as context:
-        trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.quiet, distributed=context,
-                          command=command_line(["pspnet", *args.argv]))
+        trainer = Trainer(
+            config,
+            run_dir,
+            resume=bool(args.resume),
+            progress=not args.quiet,
+            distributed=context,
+            command=command_line(["pspnet", *args.argv]),
+        )
         result = trainer.train()
     if not context.is_main:
         return 128 + result.stop_signal if result.stop_signal else 0

@@ -6,8 +6,8 @@ A *source* knows where samples are and how to decode them into numpy arrays with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -57,8 +57,13 @@ class SegmentationDataset(Dataset):
     `--resume` reproduce an uninterrupted run exactly, whatever the number of loader workers.
     """
 
-    def __init__(self, source: SegmentationSource, transform: SampleTransform, skip_bad: bool = False,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        source: SegmentationSource,
+        transform: SampleTransform,
+        skip_bad: bool = False,
+        max_pixels: int | None = None,
+    ):
         self.source = source
         self.transform = transform
         self.skip_bad = skip_bad
@@ -69,8 +74,10 @@ class SegmentationDataset(Dataset):
         sample = self.source.load(index)
         height, width = sample.image.shape[:2]
         if self.max_pixels is not None and height * width > self.max_pixels:
-            raise DataError(f"sample {sample.name}: the image is {width}x{height} ({height * width / 1e6:.1f} M pixels), "
-                            f"more than the cap of {self.max_pixels / 1e6:.1f} M pixels (eval.max_pixels / --max-pixels)")
+            raise DataError(
+                f"sample {sample.name}: the image is {width}x{height} ({height * width / 1e6:.1f} M pixels), "
+                f"more than the cap of {self.max_pixels / 1e6:.1f} M pixels (eval.max_pixels / --max-pixels)"
+            )
         return sample
 
     @property
@@ -97,8 +104,10 @@ class SegmentationDataset(Dataset):
                     return {"error": str(exc)}
                 skipped.append(str(exc))
         else:
-            return {"error": f"no readable sample among {MAX_SUBSTITUTES + 1} consecutive ones from index {index}: "
-                             f"{skipped[-1] if skipped else ''}"}
+            return {
+                "error": f"no readable sample among {MAX_SUBSTITUTES + 1} consecutive ones from index {index}: "
+                f"{skipped[-1] if skipped else ''}"
+            }
         if sample.mask is None:
             sample.mask = np.full(sample.image.shape[:2], 255, dtype=np.uint8)
         if seed is None:

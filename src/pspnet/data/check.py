@@ -9,8 +9,8 @@ with unknown colours. The report also counts the pixels of every class. Sources 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -81,7 +81,9 @@ class CheckReport:
         if absent and self.num_checked:
             lines.append(f"  classes with no pixels: {', '.join(absent)}")
         if self.unmatched_pixels:
-            lines.append(f"  colours matching no class: {self.unmatched_pixels:,} pixels ({100 * self.unmatched_pixels / max(total, 1):.2f}%)")
+            lines.append(
+                f"  colours matching no class: {self.unmatched_pixels:,} pixels ({100 * self.unmatched_pixels / max(total, 1):.2f}%)"
+            )
         lines.append("")
         if self.ok:
             lines.append("  OK: no problems found")
@@ -93,11 +95,17 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(source: SegmentationSource, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
-                  progress: Callable[[int, int], None] | None = None) -> CheckReport:
+def check_dataset(
+    source: SegmentationSource,
+    max_unmatched: float = DEFAULT_MAX_UNMATCHED,
+    progress: Callable[[int, int], None] | None = None,
+) -> CheckReport:
     """Scan every sample of `source` (and, for files, every file); `progress(done, total)` after each sample."""
-    report = CheckReport(dataset=describe_source(source), classes=source.classes,
-                         class_pixels=np.zeros(source.classes.num_classes, dtype=np.int64))
+    report = CheckReport(
+        dataset=describe_source(source),
+        classes=source.classes,
+        class_pixels=np.zeros(source.classes.num_classes, dtype=np.int64),
+    )
     if isinstance(source, FileSource):
         _check_listing(source, report)
     if not len(source):
@@ -121,7 +129,9 @@ def _check_listing(source: FileSource, report: CheckReport) -> None:
         report.num_images += files.image is not None
         report.num_masks += files.mask is not None
         if files.image is None and files.mask is None:
-            report.problems.append(Problem("missing_files", f"sample '{files.name}' is listed but has neither image nor mask"))
+            report.problems.append(
+                Problem("missing_files", f"sample '{files.name}' is listed but has neither image nor mask")
+            )
         elif files.mask is None:
             report.problems.append(Problem("missing_mask", f"image {files.image} has no mask"))
         elif files.image is None:
@@ -172,7 +182,12 @@ def _check_sample(source: SegmentationSource, index: int, report: CheckReport, m
     if bad:
         report.problems.append(Problem("bad_labels", describe_out_of_range(files.mask or files.name, bad, num_classes)))
     if unmatched > max_unmatched * mask.size:
-        report.problems.append(Problem("unknown_colors", f"mask {files.mask}: {100 * unmatched / mask.size:.2f}% of pixels match no class colour"))
+        report.problems.append(
+            Problem(
+                "unknown_colors",
+                f"mask {files.mask}: {100 * unmatched / mask.size:.2f}% of pixels match no class colour",
+            )
+        )
 
 
 COLOUR_SAMPLES = 32
@@ -195,13 +210,22 @@ def report_colour_matching(source: SegmentationSource, samples: int = COLOUR_SAM
     if not source.colour_pixels:
         return None
     fraction = source.unmatched_fraction
-    log.info("%s: %.2f%% of the colour-mask pixels in %d sampled masks match no class colour (they are ignored, "
-             "label 255); `pspnet data check` reports every file", source.format_name, 100 * fraction, checked)
+    log.info(
+        "%s: %.2f%% of the colour-mask pixels in %d sampled masks match no class colour (they are ignored, "
+        "label 255); `pspnet data check` reports every file",
+        source.format_name,
+        100 * fraction,
+        checked,
+    )
     return fraction
 
 
-def run_check(data_config: DataConfig, split: str | None = None, max_unmatched: float = DEFAULT_MAX_UNMATCHED,
-              progress: Callable[[int, int], None] | None = None) -> CheckReport:
+def run_check(
+    data_config: DataConfig,
+    split: str | None = None,
+    max_unmatched: float = DEFAULT_MAX_UNMATCHED,
+    progress: Callable[[int, int], None] | None = None,
+) -> CheckReport:
     """Check `split` (default: the training split) of the dataset described by `data_config`."""
     source = build_source(data_config, split or data_config.train_split)
     return check_dataset(source, max_unmatched=max_unmatched, progress=progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def build_dataset(data: DataConfig, split: str, train: bool, max_pixels: int | None = None) -> SegmentationDataset:
     """A source wrapped with the training (augmenting) or evaluation transform; images over `max_pixels` are refused."""
-    transform = build_train_transform(data.augment, data.mean, data.std) if train else build_eval_transform(data.mean, data.std)
+    transform = (
+        build_train_transform(data.augment, data.mean, data.std) if train else build_eval_transform(data.mean, data.std)
+    )
     return SegmentationDataset(build_source(data, split), transform, skip_bad=data.skip_bad, max_pixels=max_pixels)
 
 
@@ -34,7 +36,9 @@ class TrainStream(Sampler):
     With several processes, each yields its own slice (by `rank`) of every global batch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
+    ):
         if num_samples < 1:
             raise DataError("the training split is empty")
         self.num_samples, self.batch_size, self.seed, self.start_iter = num_samples, batch_size, seed, start_iter
@@ -135,15 +139,29 @@ def _loader_options(data: DataConfig, device: torch.device, seed: int = 0) -> di
     }
 
 
-def build_train_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, seed: int, start_iter: int,
-                       device: torch.device, rank: int = 0, world_size: int = 1) -> DataLoader:
+def build_train_loader(
+    dataset: SegmentationDataset,
+    data: DataConfig,
+    batch_size: int,
+    seed: int,
+    start_iter: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """This process's share of the global training batches of `batch_size`."""
     stream = TrainStream(len(dataset), batch_size, seed, start_iter, rank, world_size)
     return DataLoader(dataset, batch_sampler=stream, **_loader_options(data, device, seed))
 
 
-def build_eval_loader(dataset: SegmentationDataset, data: DataConfig, batch_size: int, device: torch.device,
-                      rank: int = 0, world_size: int = 1) -> DataLoader:
+def build_eval_loader(
+    dataset: SegmentationDataset,
+    data: DataConfig,
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """Batches of equal-sized images (batch_size > 1 only makes sense when all images share a size); with
     several processes, this one's share: every `world_size`-th image from `rank` on, each image once."""
     options = _loader_options(data, device)

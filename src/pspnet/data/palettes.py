@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import yaml
@@ -38,8 +38,9 @@ def nearest_colors(rgb_mask: np.ndarray, palette: Sequence[Sequence[int]]) -> tu
     return nearest[inverse].reshape(rgb_mask.shape[:2]), distance[inverse].reshape(rgb_mask.shape[:2])
 
 
-def decode_colors(rgb_mask: np.ndarray, palette: Sequence[Sequence[int]], tolerance: float,
-                  min_region: int = 0) -> tuple[np.ndarray, int]:
+def decode_colors(
+    rgb_mask: np.ndarray, palette: Sequence[Sequence[int]], tolerance: float, min_region: int = 0
+) -> tuple[np.ndarray, int]:
     """Class ids of an HxWx3 colour mask: the nearest palette colour within `tolerance`, else 255.
 
     With `min_region` > 0 the mask is also cleaned of lossy-compression artefacts (JPEG masks):
@@ -70,8 +71,9 @@ colours is taken for a JPEG blend of them."""
 FILL_RADIUS, FILL_ROUNDS = 2, 4
 
 
-def _compression_artefacts(rgb: np.ndarray, labels: np.ndarray, decided: np.ndarray, palette: np.ndarray,
-                           min_region: int) -> np.ndarray:
+def _compression_artefacts(
+    rgb: np.ndarray, labels: np.ndarray, decided: np.ndarray, palette: np.ndarray, min_region: int
+) -> np.ndarray:
     """Pixels of small fragments and of thin blend strips (see `decode_colors`)."""
     structure = np.ones((3, 3), bool)
     artefacts = np.zeros(labels.shape, bool)
@@ -103,7 +105,9 @@ def _large_patches(region: np.ndarray, min_region: int) -> np.ndarray:
     structure = np.ones((3, 3), bool)
     components, count = ndimage.label(region, structure)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
-    cores = np.bincount(components[ndimage.binary_erosion(region, structure, iterations=3)].ravel(), minlength=count + 1)
+    cores = np.bincount(
+        components[ndimage.binary_erosion(region, structure, iterations=3)].ravel(), minlength=count + 1
+    )
     large = (sizes >= min_region) & (cores > 0)
     large[0] = False
     return large[components]
@@ -128,7 +132,9 @@ def _fill_from_neighbours(labels: np.ndarray, num_classes: int, fillable: np.nda
         votes = np.zeros((num_classes, height, width), np.int32)
         known = labels != IGNORE_INDEX
         votes[labels[known], np.broadcast_to(rows, labels.shape)[known], np.broadcast_to(cols, labels.shape)[known]] = 1
-        sums = np.pad(votes, ((0, 0), (FILL_RADIUS + 1, FILL_RADIUS), (FILL_RADIUS + 1, FILL_RADIUS))).cumsum(1).cumsum(2)
+        sums = (
+            np.pad(votes, ((0, 0), (FILL_RADIUS + 1, FILL_RADIUS), (FILL_RADIUS + 1, FILL_RADIUS))).cumsum(1).cumsum(2)
+        )
         window = sums[:, size:, size:] - sums[:, :-size, size:] - sums[:, size:, :-size] + sums[:, :-size, :-size]
         labels = np.where(undecided & (window.max(0) > 0), window.argmax(0), labels)
     return labels
@@ -165,11 +171,16 @@ def load_classes_file(path: str | Path) -> tuple[ClassInfo, int | None]:
         raise DataError(f"classes file {path}: `names` must be a non-empty list")
     if palette is not None and not (
         isinstance(palette, list)
-        and all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette)
+        and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette
+        )
     ):
         raise DataError(f"classes file {path}: `palette` must be a list of [r, g, b] colours with values 0..255")
     if ignore is not None and not (isinstance(ignore, int) and len(names) <= ignore <= 255):
-        raise DataError(f"classes file {path}: `ignore` must be a mask value in {len(names)}..255 (not a class id), got {ignore!r}")
+        raise DataError(
+            f"classes file {path}: `ignore` must be a mask value in {len(names)}..255 (not a class id), got {ignore!r}"
+        )
     try:
         classes = ClassInfo.from_dict({"names": names, "palette": palette})
     except ValueError as exc:

@@ -5,9 +5,9 @@ Training, evaluation, `pspnet data check` and `pspnet convert --dataset` all loo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..classes import ClassInfo
 from ..config import DataConfig
@@ -52,7 +52,9 @@ def _synthetic(data: DataConfig, split: str) -> SegmentationSource:
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec
     for spec in (
-        SourceSpec("synthetic", _synthetic, "no files: scenes generated from data.synthetic", lambda: SYNTHETIC_CLASSES),
+        SourceSpec(
+            "synthetic", _synthetic, "no files: scenes generated from data.synthetic", lambda: SYNTHETIC_CLASSES
+        ),
         SourceSpec("cityscapes", _file_source(Cityscapes), Cityscapes.layout, cityscapes_classes),
         SourceSpec("ade20k", _file_source(ADE20K), ADE20K.layout, lambda: ADE20K_CLASSES),
         SourceSpec("voc", _file_source(VOC), VOC.layout, lambda: VOC_CLASSES),
@@ -79,6 +81,8 @@ def dataset_classes(name: str) -> ClassInfo:
     spec = SOURCES.get(name)
     if spec is None or spec.classes is None:
         known = ", ".join(key for key, value in SOURCES.items() if value.classes is not None)
-        problem = "unknown dataset" if spec is None else "no fixed classes for dataset (they come from data.classes_file)"
+        problem = (
+            "unknown dataset" if spec is None else "no fixed classes for dataset (they come from data.classes_file)"
+        )
         raise ConfigError(f"{problem} '{name}'; datasets with their own classes: {known}")
     return spec.classes()

@@ -59,7 +59,15 @@ SHEET_NOISE = 8.0
 PILLOW_SHIFT = (2.5, 5.0)
 """Range of the brightness a pillow (or a folded sheet) adds to its sheet: well below the noise."""
 
-VEHICLE_PAINTS = ((200, 45, 40), (230, 230, 225), (235, 195, 45), (45, 80, 165), (45, 125, 70), (230, 120, 35), (120, 120, 128))
+VEHICLE_PAINTS = (
+    (200, 45, 40),
+    (230, 230, 225),
+    (235, 195, 45),
+    (45, 80, 165),
+    (45, 125, 70),
+    (230, 120, 35),
+    (120, 120, 128),
+)
 WALL_PAINTS = ((150, 170, 140), (190, 125, 100), (115, 135, 165), (200, 170, 95), (160, 140, 175))
 SHEET_COLOURS = ((206, 206, 200), (190, 202, 218), (214, 196, 196), (200, 212, 196))
 BLANKET_COLOURS = ((40, 55, 110), (120, 35, 45), (40, 95, 60), (190, 140, 40), (30, 115, 120))
@@ -75,7 +83,9 @@ class ContextScenes(SegmentationSource):
             raise DataError(f"context scenes: unknown split '{split}', expected one of {', '.join(SPLITS)}")
         height, width = (int(side) for side in image_size)
         if min(height, width) < MIN_SIZE:
-            raise DataError(f"context scenes: image_size must be [height, width] with each side >= {MIN_SIZE}, got {list(image_size)}")
+            raise DataError(
+                f"context scenes: image_size must be [height, width] with each side >= {MIN_SIZE}, got {list(image_size)}"
+            )
         if num_samples < 0 or seed < 0:
             raise DataError(f"context scenes: num_samples and seed must be non-negative, got {num_samples} and {seed}")
         self.split = split
@@ -129,7 +139,9 @@ class _Canvas:
         self.image = np.zeros((height, width, 3), np.float32)
         self.mask = np.zeros((height, width), np.uint8)
 
-    def box(self, top: float, left: float, bottom: float, right: float) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    def box(
+        self, top: float, left: float, bottom: float, right: float
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
         """Slices of the pixels whose centres lie in a box (clipped to the canvas), and those centres'
         coordinates as a column `ys` and a row `xs`."""
         y0, y1 = (int(np.clip(np.ceil(v - 0.5), 0, self.height)) for v in (top, bottom))
@@ -139,7 +151,9 @@ class _Canvas:
         xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
         return (slice(y0, y1), slice(x0, x1)), ys, xs
 
-    def paint(self, where: tuple[slice, slice], colour: np.ndarray, label: int, inside: np.ndarray | None = None) -> None:
+    def paint(
+        self, where: tuple[slice, slice], colour: np.ndarray, label: int, inside: np.ndarray | None = None
+    ) -> None:
         """Give the pixels of `where` (only those `inside`, when given) a colour and a class.
 
         `colour` is an RGB triple or any array that broadcasts to the region's (h, w, 3)."""
@@ -152,7 +166,9 @@ class _Canvas:
             self.mask[where][inside] = label
 
 
-def _rounded_box(ys: np.ndarray, xs: np.ndarray, top: float, left: float, bottom: float, right: float, power: float) -> np.ndarray:
+def _rounded_box(
+    ys: np.ndarray, xs: np.ndarray, top: float, left: float, bottom: float, right: float, power: float
+) -> np.ndarray:
     """Inside test of a superellipse inscribed in a box: a rectangle with rounded corners."""
     half_h, half_w = max((bottom - top) / 2, 1e-3), max((right - left) / 2, 1e-3)
     dy = np.abs((ys - (top + bottom) / 2) / half_h) ** power
@@ -202,7 +218,9 @@ def _skyline(canvas: _Canvas, rng: np.random.Generator, horizon: float) -> None:
         _facade(canvas, rng, top, left, horizon, left + facade_width, label)
 
 
-def _facade(canvas: _Canvas, rng: np.random.Generator, top: float, left: float, bottom: float, right: float, label: int) -> None:
+def _facade(
+    canvas: _Canvas, rng: np.random.Generator, top: float, left: float, bottom: float, right: float, label: int
+) -> None:
     """A grey wall with a grid of dark windows, a few of them lit; the grid is anchored at the roof."""
     where, ys, xs = canvas.box(top, left, bottom, right)
     if ys.size == 0 or xs.size == 0:
@@ -260,7 +278,9 @@ def _vehicle(canvas: _Canvas, rng: np.random.Generator, label: int) -> None:
     cabin_box = (cabin_top, cabin_left, hull_top + (hull_top - cabin_top) * 0.4, cabin_left + cabin_length)
     cabin = _rounded_box(ys, xs, *cabin_box, 3)
     glass_top, glass_bottom = cabin_top + (hull_top - cabin_top) * 0.2, hull_top - (hull_top - cabin_top) * 0.1
-    glass = _rounded_box(ys, xs, glass_top, cabin_left + 0.1 * cabin_length, glass_bottom, cabin_left + 0.9 * cabin_length, 4)
+    glass = _rounded_box(
+        ys, xs, glass_top, cabin_left + 0.1 * cabin_length, glass_bottom, cabin_left + 0.9 * cabin_length, 4
+    )
     pillar = np.abs((xs - cabin_left) / cabin_length * rng.integers(2, 4) % 1 - 0.5) > 0.46
     stripe_y = bottom - (bottom - hull_top) * rng.uniform(0.3, 0.45)
     stripe = np.abs(ys - stripe_y) < (bottom - hull_top) * 0.07
@@ -276,8 +296,7 @@ def _vehicle(canvas: _Canvas, rng: np.random.Generator, label: int) -> None:
 
 
 def _bedroom(canvas: _Canvas, rng: np.random.Generator) -> None:
-    height, width = canvas.height, canvas.width
-    floor_line = height * rng.uniform(0.4, 0.55)
+    floor_line = canvas.height * rng.uniform(0.4, 0.55)
     _wall(canvas, rng, floor_line)
     _floor(canvas, rng, floor_line)
     _bed(canvas, rng)
@@ -348,7 +367,10 @@ def _bed(canvas: _Canvas, rng: np.random.Generator) -> None:
     blanket_start, blanket_end = pillow_end + rng.uniform(0.04, 0.1), fold_start - rng.uniform(0.04, 0.1)
     hem_end = blanket_start + rng.uniform(0.05, 0.07)
     blanket = _pick(rng, BLANKET_COLOURS, 12)
-    for start, end, colour in ((blanket_start, blanket_end, blanket), (blanket_start, hem_end, (blanket + 2 * 235) / 3)):
+    for start, end, colour in (
+        (blanket_start, blanket_end, blanket),
+        (blanket_start, hem_end, (blanket + 2 * 235) / 3),
+    ):
         cover_left, cover_right = span(start, end)
         where, ys, xs = canvas.box(sheet_top, cover_left, sheet_bottom + (bottom - sheet_bottom) * 0.5, cover_right)
         stripes = 1.0 + 0.2 * ((ys // 4) % 2)

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -57,10 +58,16 @@ class ExportReport:
     calibration_seconds: float | None = None
 
 
-def export_model(checkpoint: str | Path, out: str | Path, format: str = "onnx", opset: int | None = None,
-                 size: Sequence[int] | None = None, calibration: str | Path | Config | None = None,
-                 calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-                 min_agreement: float = MIN_INT8_AGREEMENT) -> ExportReport:
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    format: str = "onnx",
+    opset: int | None = None,
+    size: Sequence[int] | None = None,
+    calibration: str | Path | Config | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    min_agreement: float = MIN_INT8_AGREEMENT,
+) -> ExportReport:
     """Export `checkpoint` to `out` in `format` (see `FORMATS`), traced at `size` (default: the config's
     training crop) and verified. `calibration` is the config (or its file) whose train split calibrates
     an int8 export and whose val split checks it, which must agree with the PyTorch model on at least
@@ -75,8 +82,13 @@ def export_model(checkpoint: str | Path, out: str | Path, format: str = "onnx", 
     _check_writable(out)
     model, config, dropped = inference_model(checkpoint)
     size = tuple(size or config.data.augment.crop_size)
-    metadata = export_metadata(model.card, config, source=Path(checkpoint).name, source_sha256=file_sha256(checkpoint),
-                               precision="int8" if format == "onnx-int8" else "fp32")
+    metadata = export_metadata(
+        model.card,
+        config,
+        source=Path(checkpoint).name,
+        source_sha256=file_sha256(checkpoint),
+        precision="int8" if format == "onnx-int8" else "fp32",
+    )
     report = ExportReport(out, format, size, dropped)
     with atomic_path(out) as tmp:
         if format == "onnx":
@@ -124,15 +136,24 @@ def _example(size: Sequence[int], channels: int) -> torch.Tensor:
     return torch.randn(2, channels, *size, generator=torch.Generator().manual_seed(0))
 
 
-def _write_onnx(model: PSPNet, size: Sequence[int], opset: int | None, metadata: dict[str, str], path: Path) -> list[Check]:
+def _write_onnx(
+    model: PSPNet, size: Sequence[int], opset: int | None, metadata: dict[str, str], path: Path
+) -> list[Check]:
     """fp32 ONNX with dynamic batch, height and width (torch's dynamo exporter), verified in onnxruntime."""
     import_deploy_module("onnxscript")  # the exporter's dependency: a clear message when it is missing
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (_example(size, model.card.in_channels),), dynamo=True, opset_version=opset,
-                                        dynamic_shapes=_dynamic_shapes(named=True), input_names=["image"], output_names=["logits"],
-                                        verbose=False)
+            program = torch.onnx.export(
+                model,
+                (_example(size, model.card.in_channels),),
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=_dynamic_shapes(named=True),
+                input_names=["image"],
+                output_names=["logits"],
+                verbose=False,
+            )
     except Exception as exc:  # the exporter raises many types; the first line says what failed
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     _save_onnx(program.model_proto, path, metadata)
@@ -146,14 +167,25 @@ def _save_onnx(proto: Any, path: Path, metadata: dict[str, str]) -> None:
     onnx.save_model(proto, str(path))
 
 
-def _write_int8(model: PSPNet, size: Sequence[int], opset: int | None, metadata: dict[str, str], path: Path,
-                calibration: Config, calibration_images: int, min_agreement: float, report: ExportReport) -> None:
+def _write_int8(
+    model: PSPNet,
+    size: Sequence[int],
+    opset: int | None,
+    metadata: dict[str, str],
+    path: Path,
+    calibration: Config,
+    calibration_images: int,
+    min_agreement: float,
+    report: ExportReport,
+) -> None:
     """A verified fp32 export, quantized to int8 with `calibration`'s train images, then compared with the
     PyTorch model on its validation images."""
     card = model.card
     images = dataset_images(calibration.data, calibration.data.train_split, calibration_images, card)
-    held_out = [torch.from_numpy(image) for image in
-                dataset_images(calibration.data, calibration.data.val_split, INT8_CHECK_IMAGES, card)]
+    held_out = [
+        torch.from_numpy(image)
+        for image in dataset_images(calibration.data, calibration.data.val_split, INT8_CHECK_IMAGES, card)
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         float_path = Path(scratch) / "fp32.onnx"
         report.float_checks = _write_onnx(model, size, opset, metadata, float_path)
@@ -167,8 +199,9 @@ def _write_int8(model: PSPNet, size: Sequence[int], opset: int | None, metadata:
 def _write_pt2(model: PSPNet, size: Sequence[int], metadata: dict[str, str], path: Path) -> list[Check]:
     """A torch.export program with dynamic batch, height and width, metadata in `PT2_METADATA_FILE`."""
     try:
-        program = torch.export.export(model, (_example(size, model.card.in_channels),),
-                                      dynamic_shapes=_dynamic_shapes(named=False))
+        program = torch.export.export(
+            model, (_example(size, model.card.in_channels),), dynamic_shapes=_dynamic_shapes(named=False)
+        )
     except Exception as exc:  # torch.export raises many types; the first line says what failed
         raise ExportError(f"torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     with open(path, "wb") as handle:  # a file object: torch.export insists on a .pt2 name otherwise

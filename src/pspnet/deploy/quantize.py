@@ -33,8 +33,10 @@ def dataset_images(data: DataConfig, split: str, count: int, card: ModelCard) ->
     if len(source) == 0:
         raise DataError(f"split '{split}' of the {data.format} dataset has no images")
     indices = np.unique(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int))
-    return [image_to_tensor(read_image(source.load(int(index)).image, card.in_channels), card.mean, card.std)[None].numpy()
-            for index in indices]
+    return [
+        image_to_tensor(read_image(source.load(int(index)).image, card.in_channels), card.mean, card.std)[None].numpy()
+        for index in indices
+    ]
 
 
 class CalibrationImages:
@@ -55,12 +57,18 @@ def quantize_int8(float_model: Path, out: Path, input_name: str, images: list[np
     preprocessing = import_deploy_module("onnxruntime.quantization.shape_inference")
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        preprocessing.quant_pre_process(str(float_model), str(prepared))  # folds BatchNorm into the convs, infers shapes
+        # folds BatchNorm into the convs, infers shapes
+        preprocessing.quant_pre_process(str(float_model), str(prepared))
         start = time.perf_counter()
         quantization.quantize_static(
-            str(prepared), str(out), CalibrationImages(input_name, images),
-            quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-            op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=quantization.CalibrationMethod.MinMax,
+            str(prepared),
+            str(out),
+            CalibrationImages(input_name, images),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            calibrate_method=quantization.CalibrationMethod.MinMax,
         )
         return time.perf_counter() - start

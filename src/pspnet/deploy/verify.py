@@ -8,8 +8,8 @@ dynamic batch dimension too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,10 @@ class Check:
     agreement: float
 
     def describe(self) -> str:
-        return (f"{'x'.join(map(str, self.shape))}: relative L2 {self.relative_l2:.2e}, "
-                f"argmax agreement {100 * self.agreement:.2f}%")
+        return (
+            f"{'x'.join(map(str, self.shape))}: relative L2 {self.relative_l2:.2e}, "
+            f"argmax agreement {100 * self.agreement:.2f}%"
+        )
 
 
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -51,11 +53,15 @@ def compare(reference: Runner, exported: Runner, batch: torch.Tensor) -> Check:
             actual = exported(batch)
         except Exception as exc:  # any runtime's error: the export does not serve this size
             message = str(exc).strip().splitlines()
-            raise ExportError(f"the exported model fails at input {tuple(batch.shape)}, nothing was written: "
-                              f"{type(exc).__name__}: {message[-1] if message else ''}") from None
+            raise ExportError(
+                f"the exported model fails at input {tuple(batch.shape)}, nothing was written: "
+                f"{type(exc).__name__}: {message[-1] if message else ''}"
+            ) from None
     if actual.shape != expected.shape:
-        raise ExportError(f"at input {tuple(batch.shape)} the exported model returns shape {tuple(actual.shape)}, "
-                          f"PyTorch {tuple(expected.shape)}")
+        raise ExportError(
+            f"at input {tuple(batch.shape)} the exported model returns shape {tuple(actual.shape)}, "
+            f"PyTorch {tuple(expected.shape)}"
+        )
     agreement = float((actual.argmax(1) == expected.argmax(1)).double().mean())
     return Check(tuple(batch.shape), relative_l2(actual, expected), agreement)
 
@@ -68,14 +74,17 @@ def random_batches(export_size: Sequence[int], channels: int, seed: int = 0) -> 
     return [torch.randn(count, channels, height, width, generator=generator) for count, height, width in shapes]
 
 
-def verify_fp32(reference: Runner, exported: Runner, export_size: Sequence[int], channels: int,
-                name: str) -> list[Check]:
+def verify_fp32(
+    reference: Runner, exported: Runner, export_size: Sequence[int], channels: int, name: str
+) -> list[Check]:
     """Checks at every verification size; ExportError listing the sizes whose relative L2 exceeds `FP32_TOLERANCE`."""
     checks = [compare(reference, exported, batch) for batch in random_batches(export_size, channels)]
     failed = [check for check in checks if not np.isfinite(check.relative_l2) or check.relative_l2 > FP32_TOLERANCE]
     if failed:
-        raise ExportError(f"the {name} export does not reproduce the model (relative L2 > {FP32_TOLERANCE:g}), nothing "
-                          f"was written; at " + "; ".join(check.describe() for check in failed))
+        raise ExportError(
+            f"the {name} export does not reproduce the model (relative L2 > {FP32_TOLERANCE:g}), nothing "
+            f"was written; at " + "; ".join(check.describe() for check in failed)
+        )
     return checks
 
 
@@ -84,18 +93,27 @@ MIN_INT8_AGREEMENT = 0.9
 quantization lands far below; a good one at 99% or more)."""
 
 
-def verify_int8(reference: Runner, exported: Runner, images: Sequence[torch.Tensor], export_size: Sequence[int],
-                min_agreement: float = MIN_INT8_AGREEMENT) -> tuple[list[Check], float]:
+def verify_int8(
+    reference: Runner,
+    exported: Runner,
+    images: Sequence[torch.Tensor],
+    export_size: Sequence[int],
+    min_agreement: float = MIN_INT8_AGREEMENT,
+) -> tuple[list[Check], float]:
     """Compare on real images (int8 logits differ from fp32, so random inputs say little): each image at its
     own size, and the first one resized to the export size and to every `VERIFY_SIZES`. Returns the checks
     and the pixel-weighted argmax agreement; ExportError when that is below `min_agreement`."""
-    resized = [F.interpolate(images[0], size=tuple(size), mode="bilinear", align_corners=False)
-               for size in (export_size, *VERIFY_SIZES)]
+    resized = [
+        F.interpolate(images[0], size=tuple(size), mode="bilinear", align_corners=False)
+        for size in (export_size, *VERIFY_SIZES)
+    ]
     checks = [compare(reference, exported, batch) for batch in [*images, *resized]]
     pixels = [float(np.prod(check.shape)) / check.shape[1] for check in checks]
     agreement = sum(check.agreement * count for check, count in zip(checks, pixels)) / sum(pixels)
     if agreement < min_agreement:
-        raise ExportError(f"the int8 export agrees with the model on only {100 * agreement:.1f}% of the pixels of "
-                          f"{len(checks)} held-out images (at least {100 * min_agreement:.0f}% required), nothing "
-                          "was written; calibrate on more, or more typical, images (--calibration, --calibration-images)")
+        raise ExportError(
+            f"the int8 export agrees with the model on only {100 * agreement:.1f}% of the pixels of "
+            f"{len(checks)} held-out images (at least {100 * min_agreement:.0f}% required), nothing "
+            "was written; calibrate on more, or more typical, images (--calibration, --calibration-images)"
+        )
     return checks, agreement

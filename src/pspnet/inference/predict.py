@@ -7,7 +7,8 @@ the input size, with a `card` (`pspnet.card.ModelCard`: classes, mean/std, input
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

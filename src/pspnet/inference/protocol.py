@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from ..config import EvalConfig
 
 
-def scaled_size(height: int, width: int, scale: float, base_size: int | None = None, resize: str = "long") -> tuple[int, int]:
+def scaled_size(
+    height: int, width: int, scale: float, base_size: int | None = None, resize: str = "long"
+) -> tuple[int, int]:
     """Image size (h, w) at `scale`.
 
     Without `base_size` both sides are multiplied by `scale`. With it, the `long` (or `short`) side
@@ -121,7 +123,9 @@ class Inferencer:
                 total = new_total if total is None else torch.cat([total, new_total], 2)
                 coverage = new_coverage if coverage is None else torch.cat([coverage, new_coverage], 2)
             for index, (y, x) in enumerate(chunk):
-                total[..., y - band_top : y - band_top + crop_h, x : x + crop_w] += probs[index * count : (index + 1) * count]
+                total[..., y - band_top : y - band_top + crop_h, x : x + crop_w] += probs[
+                    index * count : (index + 1) * count
+                ]
                 coverage[..., y - band_top : y - band_top + crop_h, x : x + crop_w] += 1
             next_top = windows[first + len(chunk)][0] if first + len(chunk) < len(windows) else images.shape[-2]
             if next_top > band_top:
@@ -151,8 +155,11 @@ class Inferencer:
     def _streams(self, height: int, width: int) -> bool:
         """Whether `labels` can stream: sliding windows at the image's own size, one scale."""
         settings = self.settings
-        return (settings.mode == "slide" and len(settings.scales) == 1
-                and scaled_size(height, width, settings.scales[0], settings.base_size, settings.resize) == (height, width))
+        return (
+            settings.mode == "slide"
+            and len(settings.scales) == 1
+            and scaled_size(height, width, settings.scales[0], settings.base_size, settings.resize) == (height, width)
+        )
 
     @torch.inference_mode()
     def labels(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -50,8 +51,11 @@ def remove_stale_temp_files(folder: str | Path, safetensors: bool = False) -> li
     if not folder.is_dir():
         return []
     patterns = [ATOMIC_TEMP_NAME, SAFETENSORS_TEMP_NAME] if safetensors else [ATOMIC_TEMP_NAME]
-    stale = [path for path in folder.rglob(".*")
-             if path.is_file() and any(pattern.fullmatch(path.name) for pattern in patterns)]
+    stale = [
+        path
+        for path in folder.rglob(".*")
+        if path.is_file() and any(pattern.fullmatch(path.name) for pattern in patterns)
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -37,8 +37,10 @@ def _check_size(image: Image.Image, max_pixels: int | None, name: str) -> None:
     limit = DECODE_LIMIT if max_pixels is None else min(max_pixels, DECODE_LIMIT)
     if width * height > limit:
         setting = "" if max_pixels is None else " (eval.max_pixels / --max-pixels)"
-        raise ImageTooLargeError(f"image {name} is {describe_size(width, height)}, more than the cap of "
-                                 f"{limit / 1e6:.1f} M pixels{setting}; refused before decoding")
+        raise ImageTooLargeError(
+            f"image {name} is {describe_size(width, height)}, more than the cap of "
+            f"{limit / 1e6:.1f} M pixels{setting}; refused before decoding"
+        )
 
 
 def open_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
@@ -115,7 +117,9 @@ def read_image(source: Any, channels: int = 3, max_pixels: int | None = None, ex
     else:
         array = _array_to_uint8(np.asarray(source))
         if max_pixels is not None and array.ndim >= 2 and array.shape[0] * array.shape[1] > max_pixels:
-            raise DataError(f"image array of {array.shape[1]}x{array.shape[0]} pixels is more than the cap of {max_pixels}")
+            raise DataError(
+                f"image array of {array.shape[1]}x{array.shape[0]} pixels is more than the cap of {max_pixels}"
+            )
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] != channels:

@@ -51,8 +51,10 @@ def load_torch_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated zips, pickles with code, etc.
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated, corrupt, or not a weights file): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint (truncated, corrupt, or not a weights file): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -68,8 +70,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for wrapper in STATE_DICT_WRAPPERS:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
+    ):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return state
 

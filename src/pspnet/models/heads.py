@@ -3,7 +3,7 @@ FCN head and the image-level class-presence head."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,9 @@ class LearnedUpsample(nn.ConvTranspose2d):
     def __init__(self, channels: int, factor: int):
         if factor < 2 or factor % 2:
             raise ValueError(f"LearnedUpsample needs an even factor >= 2, got {factor}")
-        super().__init__(channels, channels, 2 * factor, stride=factor, padding=factor // 2, groups=channels, bias=False)
+        super().__init__(
+            channels, channels, 2 * factor, stride=factor, padding=factor // 2, groups=channels, bias=False
+        )
         with torch.no_grad():
             self.weight.copy_(bilinear_kernel(factor).expand_as(self.weight))
 
@@ -50,7 +52,9 @@ class UpStage(nn.Module):
         if self.upsample is not None:
             x = self.upsample(x)
         else:
-            x = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=self.align_corners)
+            x = F.interpolate(
+                x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=self.align_corners
+            )
         return self.conv(x)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,7 @@ class PyramidPoolingModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         pooled = [
-            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners) for branch in self.branches
+            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners)
+            for branch in self.branches
         ]
         return torch.cat([x, *pooled], dim=1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,16 @@ class PSPNet(nn.Module):
     (class-presence logits (N, K), aux `cls`/`both`).
     """
 
-    def __init__(self, num_classes: int | None = None, config: ModelConfig | None = None, *,
-                 classes: ClassInfo | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, **options: Any):
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        config: ModelConfig | None = None,
+        *,
+        classes: ClassInfo | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **options: Any,
+    ):
         super().__init__()
         config = dataclasses.replace(config or ModelConfig(), **options)
         if num_classes is not None:
@@ -53,7 +61,9 @@ class PSPNet(nn.Module):
         self.config = config
         self.card = ModelCard.create(classes or ClassInfo.generic(config.num_classes), config.in_channels, mean, std)
         if self.card.in_channels != config.in_channels:
-            raise ConfigError(f"data.mean/std: {self.card.in_channels} values but model.in_channels is {config.in_channels}")
+            raise ConfigError(
+                f"data.mean/std: {self.card.in_channels} values but model.in_channels is {config.in_channels}"
+            )
 
         self.encoder = build_encoder(config)
         channels = self.encoder.out_channels

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 
@@ -25,7 +25,11 @@ class StateDictDiff:
     def describe(self, headline: str, limit: int | None = None) -> str:
         """`headline`, then one line per non-empty category (at most `limit` keys each when given)."""
         lines = [headline]
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.wrong_shape)):
+        for title, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("wrong shape", self.wrong_shape),
+        ):
             if keys:
                 shown = keys if limit is None else keys[:limit]
                 more = f", ... ({len(keys)} in all)" if len(shown) < len(keys) else ""
@@ -33,8 +37,12 @@ class StateDictDiff:
         return "\n".join(lines)
 
 
-def compare_state_dicts(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
-                        names: Mapping[str, str] | None = None, optional: tuple[str, ...] = ()) -> StateDictDiff:
+def compare_state_dicts(
+    expected: Mapping[str, torch.Tensor],
+    found: Mapping[str, torch.Tensor],
+    names: Mapping[str, str] | None = None,
+    optional: tuple[str, ...] = (),
+) -> StateDictDiff:
     """Compare a module's state dict (`expected`) with a file's tensors (`found`).
 
     `names` maps each expected key to the file's name for it (default: the same name); keys are

@@ -10,9 +10,10 @@ import base64
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -79,7 +80,9 @@ def select_samples(scores: Sequence[float], count: int) -> list[int]:
 
 def ranking(scores: Sequence[float]) -> list[int]:
     """Image indices from the lowest score to the highest; NaN scores last, ties by index."""
-    return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else scores[i], i))
+    return sorted(
+        range(len(scores)), key=lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else scores[i], i)
+    )
 
 
 def _data_uri(picture: np.ndarray | bytes, photo: bool = False) -> str:
@@ -110,7 +113,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _hex(colour: Sequence[int]) -> str:
-    return "#%02x%02x%02x" % tuple(colour)
+    return "#" + "".join(f"{value:02x}" for value in colour)
 
 
 def _finite(rows: list[dict[str, float]]) -> list[dict[str, float | None]]:
@@ -126,9 +129,10 @@ def _json_script(data: Any) -> Markup:
 def _evaluation_context(evaluation: EvaluationRecord) -> dict[str, Any]:
     metrics, classes = evaluation.metrics, evaluation.classes
     pixels = metrics.confusion.sum(axis=1)
-    rows = [{"name": name, "colour": _hex(colour), "iou": iou, "acc": acc,
-             "share": pixels[index] / max(pixels.sum(), 1)}
-            for index, (name, colour, iou, acc) in enumerate(zip(classes.names, classes.palette, metrics.iou, metrics.acc))]
+    rows = [
+        {"name": name, "colour": _hex(colour), "iou": iou, "acc": acc, "share": pixels[index] / max(pixels.sum(), 1)}
+        for index, (name, colour, iou, acc) in enumerate(zip(classes.names, classes.palette, metrics.iou, metrics.acc))
+    ]
     return {
         "record": evaluation,
         "summary": [("mIoU", metrics.miou), ("mAcc", metrics.macc), ("aAcc", metrics.aacc)],
@@ -140,43 +144,66 @@ def _evaluation_context(evaluation: EvaluationRecord) -> dict[str, Any]:
 
 def _sample_context(sample: SamplePrediction, classes: ClassInfo) -> dict[str, Any]:
     return {
-        "name": sample.name, "miou": sample.miou, "rank": sample.rank,
-        "pictures": [_data_uri(sample.image, photo=True), _data_uri(colorize(sample.target, classes)),
-                     _data_uri(colorize(sample.prediction, classes)),
-                     _data_uri(error_map(sample.image, sample.target, sample.prediction))],
+        "name": sample.name,
+        "miou": sample.miou,
+        "rank": sample.rank,
+        "pictures": [
+            _data_uri(sample.image, photo=True),
+            _data_uri(colorize(sample.target, classes)),
+            _data_uri(colorize(sample.prediction, classes)),
+            _data_uri(error_map(sample.image, sample.target, sample.prediction)),
+        ],
     }
 
 
-def render_report(title: str, config_yaml: str, run: RunRecord | None, evaluation: EvaluationRecord | None,
-                  samples: Sequence[SamplePrediction] = (), classes: ClassInfo | None = None) -> str:
+def render_report(
+    title: str,
+    config_yaml: str,
+    run: RunRecord | None,
+    evaluation: EvaluationRecord | None,
+    samples: Sequence[SamplePrediction] = (),
+    classes: ClassInfo | None = None,
+) -> str:
     """The report page: the run (config, command lines, software, hardware, wall time) and its training
     curves when `run` is given, the evaluation (summary, per-class chart and table, confusion matrix),
     and the sample predictions (image, ground truth, prediction, errors; needs `classes`). The numbers
     are also embedded as JSON (`<script id="report-data">`)."""
-    environment = Environment(loader=PackageLoader("pspnet.report"), autoescape=select_autoescape(),
-                              trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(
+        loader=PackageLoader("pspnet.report"), autoescape=select_autoescape(), trim_blocks=True, lstrip_blocks=True
+    )
     environment.filters.update(percent=_percent, duration=_duration)
     data: dict[str, Any] = {"title": title}
-    context: dict[str, Any] = {"title": title, "config_yaml": config_yaml, "version": __version__,
-                               "created": datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")}
+    context: dict[str, Any] = {
+        "title": title,
+        "config_yaml": config_yaml,
+        "version": __version__,
+        "created": datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
     if run is not None:
         sessions = run.sessions
         context["run"] = {
-            "record": run, "latest": sessions[-1] if sessions else None,
+            "record": run,
+            "latest": sessions[-1] if sessions else None,
             "wall_seconds": sum(session.get("wall_seconds") or 0 for session in sessions),
             "curves": _data_uri(plots.png_bytes(plots.training_curves(run.train_log, run.val_log))),
         }
         data.update(sessions=sessions, train_log=_finite(run.train_log), val_log=_finite(run.val_log))
     if evaluation is not None:
         context["evaluation"] = _evaluation_context(evaluation)
-        data["evaluation"] = {**metrics_to_dict(evaluation.metrics, evaluation.classes.names, evaluation.protocol),
-                              "checkpoint": evaluation.checkpoint, "iteration": evaluation.iteration,
-                              "dataset": evaluation.dataset, "images": evaluation.images}
+        data["evaluation"] = {
+            **metrics_to_dict(evaluation.metrics, evaluation.classes.names, evaluation.protocol),
+            "checkpoint": evaluation.checkpoint,
+            "iteration": evaluation.iteration,
+            "dataset": evaluation.dataset,
+            "images": evaluation.images,
+        }
     if samples:
         if classes is None:
             raise ValueError("render_report needs the classes to draw sample predictions")
         context["samples"] = [_sample_context(sample, classes) for sample in samples]
         context["legend"] = [(name, _hex(colour)) for name, colour in zip(classes.names, classes.palette)]
-        data["samples"] = [{"name": s.name, "miou": None if math.isnan(s.miou) else s.miou, "rank": s.rank} for s in samples]
+        data["samples"] = [
+            {"name": s.name, "miou": None if math.isnan(s.miou) else s.miou, "rank": s.rank} for s in samples
+        ]
     context["data"] = _json_script(data)
     return environment.get_template("report.html").render(context)

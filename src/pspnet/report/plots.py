@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -73,8 +73,11 @@ def training_curves(train_rows: Rows, val_rows: Rows) -> Figure:
     validation mIoU / mAcc / aAcc in %. Rows are those of train_log.csv and val_log.csv."""
     figure, (loss_axes, lr_axes, val_axes) = _figure(13, 3.8, columns=3)
     window = max(1, len(train_rows) // 25)
-    for axes, title in ((loss_axes, "training loss"), (lr_axes, "learning rate (encoder; head x10)"),
-                        (val_axes, "validation (%)")):
+    for axes, title in (
+        (loss_axes, "training loss"),
+        (lr_axes, "learning rate (encoder; head x10)"),
+        (val_axes, "validation (%)"),
+    ):
         axes.set_title(title, fontsize=11)
         axes.set_xlabel("iteration")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -98,8 +101,14 @@ def training_curves(train_rows: Rows, val_rows: Rows) -> Figure:
         loss_axes.set_ylim(bottom=0)
         loss_axes.legend(fontsize=9, loc="best")
         if window > 1:
-            loss_axes.text(0.01, 0.02, f"bold: mean of {window} logged values", transform=loss_axes.transAxes,
-                           fontsize=8, color="grey")
+            loss_axes.text(
+                0.01,
+                0.02,
+                f"bold: mean of {window} logged values",
+                transform=loss_axes.transAxes,
+                fontsize=8,
+                color="grey",
+            )
     else:
         _empty(loss_axes, "no training log yet")
         _empty(lr_axes, "no training log yet")
@@ -158,7 +167,14 @@ def confusion_matrix(confusion: np.ndarray, names: Sequence[str]) -> Figure:
     if count <= ANNOTATED_CLASSES:
         for row, column in zip(*np.nonzero(np.nan_to_num(percent) >= 0.5)):
             value = percent[row, column]
-            axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=font - 1,
-                      color="white" if value > 55 else "black")
+            axes.text(
+                column,
+                row,
+                f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=font - 1,
+                color="white" if value > 55 else "black",
+            )
     figure.colorbar(image, cax=axes.inset_axes([1.03, 0.2, 0.035, 0.6]), label="%")  # beside the square cells
     return figure

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..io.files import atomic_path
 from ..metrics import SegmentationMetrics
 from .table import check_names
+
 
 def _optional(value: float) -> float | None:
     return None if math.isnan(value) else float(value)

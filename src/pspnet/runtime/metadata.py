@@ -30,13 +30,19 @@ def export_metadata(card: ModelCard, config: Config, **extra: str) -> dict[str, 
         "align_corners": config.model.align_corners,
         "config": config.to_dict(),
     }
-    return {"pspnet_format_version": FORMAT_VERSION, **{key: json.dumps(value) for key, value in values.items()}, **extra}
+    return {
+        "pspnet_format_version": FORMAT_VERSION,
+        **{key: json.dumps(value) for key, value in values.items()},
+        **extra,
+    }
 
 
 def read_export_metadata(entries: dict[str, str], source: str) -> tuple[ModelCard, Config]:
     """The model card and config stored by `export_metadata`; CheckpointError naming the bad entry."""
     if "pspnet_format_version" not in entries:
-        raise CheckpointError(f"{source}: no pspnet metadata (classes, mean/std); export the model with `pspnet export`")
+        raise CheckpointError(
+            f"{source}: no pspnet metadata (classes, mean/std); export the model with `pspnet export`"
+        )
     values: dict[str, Any] = {}
     for key in JSON_KEYS:
         try:
@@ -45,11 +51,18 @@ def read_export_metadata(entries: dict[str, str], source: str) -> tuple[ModelCar
             raise CheckpointError(f"{source}: metadata entry '{key}' is missing") from None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{source}: metadata entry '{key}' is not valid JSON ({exc})") from None
-    card = ModelCard.from_dict({"classes": {"names": values["classes"], "palette": values["palette"]},
-                                "mean": values["mean"], "std": values["std"]}, source)
+    card = ModelCard.from_dict(
+        {
+            "classes": {"names": values["classes"], "palette": values["palette"]},
+            "mean": values["mean"],
+            "std": values["std"],
+        },
+        source,
+    )
     if values["in_channels"] != card.in_channels:
-        raise CheckpointError(f"{source}: metadata says {values['in_channels']} input channels but has "
-                              f"{card.in_channels} mean/std values")
+        raise CheckpointError(
+            f"{source}: metadata says {values['in_channels']} input channels but has {card.in_channels} mean/std values"
+        )
     try:
         config = Config.from_dict(values["config"], source=f"{source} (metadata entry 'config')")
     except ConfigError as exc:

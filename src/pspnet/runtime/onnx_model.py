@@ -49,7 +49,9 @@ class OnnxModel:
         self.card, self.config = read_export_metadata(self.metadata, str(self.path))
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise CheckpointError(f"{self.path}: expected one 4-d image input, found {[(i.name, i.shape) for i in inputs]}")
+            raise CheckpointError(
+                f"{self.path}: expected one 4-d image input, found {[(i.name, i.shape) for i in inputs]}"
+            )
         self.input_name = inputs[0].name
 
     @property
@@ -66,8 +68,9 @@ class OnnxModel:
         try:
             (logits,) = self.session.run(None, {self.input_name: array})
         except Exception as exc:  # onnxruntime's own exception types
-            raise DataError(f"{self.path}: onnxruntime failed on an input of shape {tuple(x.shape)}: "
-                            f"{str(exc).splitlines()[0]}") from None
+            raise DataError(
+                f"{self.path}: onnxruntime failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
+            ) from None
         return torch.from_numpy(logits).to(x.device)
 
     def predict(self, image: Any, settings: EvalConfig | None = None) -> np.ndarray:

@@ -13,5 +13,7 @@ def import_deploy_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise ConfigError(f"{name.split('.')[0]} is not installed; ONNX export and inference need the deploy extra: "
-                          "pip install 'pspnet[deploy]'") from None
+        raise ConfigError(
+            f"{name.split('.')[0]} is not installed; ONNX export and inference need the deploy extra: "
+            "pip install 'pspnet[deploy]'"
+        ) from None

@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from ..checkpoint.load import backend_name
 from ..config import Config, EvalConfig
@@ -46,8 +47,10 @@ WARM_UP_SIZE = 64
 ERROR_STATUS = ((ImageTooLargeError, 413), (NotAnImageError, 415), (PSPNetError, 400))
 """HTTP status of the errors an upload can cause, most specific first."""
 
-HOW_TO_SEND = (f"send the image as multipart field '{FIELD}' (curl -F {FIELD}=@photo.jpg) or as the raw body with an "
-               "image/* content type (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)")
+HOW_TO_SEND = (
+    f"send the image as multipart field '{FIELD}' (curl -F {FIELD}=@photo.jpg) or as the raw body with an "
+    "image/* content type (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)"
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         if min(self.max_upload_bytes, self.max_pixels, self.upload_seconds) <= 0 or self.queue_size < 0:
-            raise ConfigError("the upload size (--max-upload-mb), pixel cap (--max-pixels) and upload time must be "
-                              f"positive and the queue size (--queue-size) at least 0, got {self}")
+            raise ConfigError(
+                "the upload size (--max-upload-mb), pixel cap (--max-pixels) and upload time must be "
+                f"positive and the queue size (--queue-size) at least 0, got {self}"
+            )
 
 
 def default_pixel_cap(settings: EvalConfig) -> int:
@@ -78,10 +83,17 @@ def default_pixel_cap(settings: EvalConfig) -> int:
 def model_description(model: Any, config: Config, checkpoint: str | Path, options: ServeOptions) -> dict[str, Any]:
     """What `GET /v1/model` answers: the model card, how the model runs, and the server's limits."""
     card = model.card
-    return {"checkpoint": Path(checkpoint).name, "encoder": config.model.encoder, "classes": list(card.classes.names),
-            "palette": [list(colour) for colour in card.classes.palette], "in_channels": card.in_channels,
-            "protocol": config.eval.describe(), "backend": backend_name(model), "device": str(model_device(model)),
-            "limits": asdict(options)}
+    return {
+        "checkpoint": Path(checkpoint).name,
+        "encoder": config.model.encoder,
+        "classes": list(card.classes.names),
+        "palette": [list(colour) for colour in card.classes.palette],
+        "in_channels": card.in_channels,
+        "protocol": config.eval.describe(),
+        "backend": backend_name(model),
+        "device": str(model_device(model)),
+        "limits": asdict(options),
+    }
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -101,6 +113,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 async def multipart_image(request: Request, body: bytes) -> bytes:
     """The file in the multipart field `image` of an already read `body`; 422 naming the field when it is absent."""
+
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -203,12 +216,15 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/segment")
-    async def segment(request: Request, answer: Literal["json", "png"] = Query("json", alias="format"),
-                      overlay: bool = False) -> Response:
+    async def segment(
+        request: Request, answer: Literal["json", "png"] = Query("json", alias="format"), overlay: bool = False
+    ) -> Response:
         """Segment the uploaded image: JSON (class areas, the label map as a base64 palette PNG, timing) or,
         with `format=png`, the palette PNG whose pixel values are class ids."""
         if answer == "png" and overlay:
-            raise HTTPException(400, "overlay=true adds a field to the JSON answer; format=png returns the label map alone")
+            raise HTTPException(
+                400, "overlay=true adds a field to the JSON answer; format=png returns the label map alone"
+            )
         try:
             ticket = worker.admit()
         except QueueFull as exc:
@@ -233,14 +249,23 @@ def create_app(model: Any, config: Config, checkpoint: str | Path, options: Serv
                 raise HTTPException(500, f"segmentation failed: {type(exc).__name__}: {exc}") from None
         metrics.inference.observe(result.inference_ms / 1000)
         if answer == "png":
-            return Response(result.label_png, media_type="image/png",
-                            headers={"X-Inference-Ms": f"{result.inference_ms:.2f}"})
+            return Response(
+                result.label_png, media_type="image/png", headers={"X-Inference-Ms": f"{result.inference_ms:.2f}"}
+            )
         return JSONResponse(result.to_json(waited_ms))
 
     return app
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 30, quiet: bool = False) -> None:
+def run(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 30, quiet: bool = False
+) -> None:
     """Serve `app` until SIGTERM or Ctrl-C; then admitted requests get `drain_seconds` to finish."""
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds,
-                log_level="warning" if quiet else "info", access_log=not quiet)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=drain_seconds,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+    )

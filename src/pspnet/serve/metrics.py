@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -16,16 +17,35 @@ class ServeMetrics:
 
     def __init__(self, queue_depth: Callable[[], float], capacity: int):
         self.registry = CollectorRegistry()
-        self.requests = Counter("pspnet_http_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.latency = Histogram("pspnet_http_request_duration_seconds", "Time to answer an HTTP request, by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inference = Histogram("pspnet_inference_seconds", "Time the model took per segmented image",
-                                   buckets=LATENCY_BUCKETS, registry=self.registry)
-        Gauge("pspnet_queue_depth", "Segmentation requests admitted and not finished (running and waiting)",
-              registry=self.registry).set_function(queue_depth)
-        Gauge("pspnet_queue_capacity", "Segmentation requests admitted at most; more are answered 503",
-              registry=self.registry).set(capacity)
+        self.requests = Counter(
+            "pspnet_http_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pspnet_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "pspnet_inference_seconds",
+            "Time the model took per segmented image",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        Gauge(
+            "pspnet_queue_depth",
+            "Segmentation requests admitted and not finished (running and waiting)",
+            registry=self.registry,
+        ).set_function(queue_depth)
+        Gauge(
+            "pspnet_queue_capacity",
+            "Segmentation requests admitted at most; more are answered 503",
+            registry=self.registry,
+        ).set(capacity)
 
 
 class MetricsMiddleware:

@@ -11,8 +11,9 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 SMOOTHING = 0.2
 """Weight of the newest job in the running mean of job durations (used to suggest a retry delay)."""

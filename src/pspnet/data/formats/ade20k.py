@@ -67,4 +67,3 @@ class ADE20K(FileSource):
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
         return _SHIFT[index_mask(raw, path)], 0
-

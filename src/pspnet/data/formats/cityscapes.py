@@ -32,8 +32,13 @@ def _tables() -> _Tables:
     try:
         from cityscapesscripts.helpers.labels import labels
     except ImportError:
-        raise DataError("the cityscapes format needs the cityscapesscripts package: pip install cityscapesscripts") from None
-    train_labels = sorted((label for label in labels if label.id >= 0 and 0 <= label.trainId < IGNORE_INDEX), key=lambda label: label.trainId)
+        raise DataError(
+            "the cityscapes format needs the cityscapesscripts package: pip install cityscapesscripts"
+        ) from None
+    train_labels = sorted(
+        (label for label in labels if label.id >= 0 and 0 <= label.trainId < IGNORE_INDEX),
+        key=lambda label: label.trainId,
+    )
     label_to_train = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     train_to_label = np.full(256, UNLABELED_ID, dtype=np.uint8)
     for label in train_labels:
@@ -41,7 +46,9 @@ def _tables() -> _Tables:
         train_to_label[label.trainId] = label.id
     label_to_train.flags.writeable = False
     train_to_label.flags.writeable = False
-    classes = ClassInfo(tuple(label.name for label in train_labels), tuple(tuple(label.color) for label in train_labels))
+    classes = ClassInfo(
+        tuple(label.name for label in train_labels), tuple(tuple(label.color) for label in train_labels)
+    )
     return _Tables(label_to_train, train_to_label, classes)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,13 @@ class FileSource(SegmentationSource):
     layout = ""
     option_names: tuple[str, ...] = ()
 
-    def __init__(self, root: str | Path, split: str, options: dict[str, Any] | None = None, classes_file: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        options: dict[str, Any] | None = None,
+        classes_file: str | Path | None = None,
+    ):
         self.root = Path(root)
         self.split = split
         self.options = dict(options or {})

@@ -39,8 +39,10 @@ class Folders(FileSource):
     def scan(self) -> list[SampleFiles]:
         split_dir = self.root / self.split
         if not split_dir.is_dir() and not (self.root / "images").is_dir():
-            raise DataError(f"folders: split '{self.split}' not found: neither {split_dir} nor a flat "
-                            f"{self.root / 'images'} exists; expected layout: {self.layout}")
+            raise DataError(
+                f"folders: split '{self.split}' not found: neither {split_dir} nor a flat "
+                f"{self.root / 'images'} exists; expected layout: {self.layout}"
+            )
         base = split_dir if split_dir.is_dir() else self.root
         image_dir, mask_dir = self.require_dir(base / "images"), self.require_dir(base / "masks")
         images = index_files(list_images(image_dir), lambda p: p.relative_to(image_dir).with_suffix("").as_posix())

@@ -30,7 +30,9 @@ class VOC(FileSource):
     """
 
     format_name = "voc"
-    layout = "root/JPEGImages/<id>.jpg, root/SegmentationClass[Aug]/<id>.png, root/ImageSets/Segmentation/{split}[_aug].txt"
+    layout = (
+        "root/JPEGImages/<id>.jpg, root/SegmentationClass[Aug]/<id>.png, root/ImageSets/Segmentation/{split}[_aug].txt"
+    )
     option_names = ("aug", "list_file")
 
     def setup(self, classes_file: str | Path | None) -> None:

@@ -4,4 +4,12 @@
 from .pretrained import LoadReport, load_encoder_weights
 from .registry import ENCODERS, EncoderSpec, build_encoder, encoder_table, resolve_encoder
 
-__all__ = ["ENCODERS", "EncoderSpec", "LoadReport", "build_encoder", "encoder_table", "load_encoder_weights", "resolve_encoder"]
+__all__ = [
+    "ENCODERS",
+    "EncoderSpec",
+    "LoadReport",
+    "build_encoder",
+    "encoder_table",
+    "load_encoder_weights",
+    "resolve_encoder",
+]

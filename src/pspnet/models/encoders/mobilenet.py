@@ -37,6 +37,12 @@ def resolve_width(name: str, width_multiplier: float | None) -> float:
 def build_mobilenetv2(width: float, cfg: ModelConfig) -> TimmEncoder:
     """MobileNetV2 stages at reductions 2..32; strides past `output_stride` become dilations."""
     variant = PRETRAINED.get(width, "mobilenetv2_100")  # names timm's config entry; weights load elsewhere
-    body = _gen_mobilenet_v2(variant, width, features_only=True, output_stride=cfg.output_stride,
-                             in_chans=cfg.in_channels, **cfg.encoder_kwargs)
+    body = _gen_mobilenet_v2(
+        variant,
+        width,
+        features_only=True,
+        output_stride=cfg.output_stride,
+        in_chans=cfg.in_channels,
+        **cfg.encoder_kwargs,
+    )
     return TimmEncoder(body)

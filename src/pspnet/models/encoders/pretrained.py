@@ -54,7 +54,7 @@ def _normalize(key: str, keep_dots: bool = False) -> str:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     return key if keep_dots else key.replace(".", "_")
 
 
@@ -66,10 +66,22 @@ def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor |
 
 
 STEM_LAYOUTS = {
-    "semseg deep-stem ResNet": {"conv1.": "conv1.0.", "bn1.": "conv1.1.", "conv2.": "conv1.3.", "bn2.": "conv1.4.",
-                                "conv3.": "conv1.6.", "bn3.": "bn1."},
-    "mmcv ResNetV1c": {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
-                       "stem.6.": "conv1.6.", "stem.7.": "bn1."},
+    "semseg deep-stem ResNet": {
+        "conv1.": "conv1.0.",
+        "bn1.": "conv1.1.",
+        "conv2.": "conv1.3.",
+        "bn2.": "conv1.4.",
+        "conv3.": "conv1.6.",
+        "bn3.": "bn1.",
+    },
+    "mmcv ResNetV1c": {
+        "stem.0.": "conv1.0.",
+        "stem.1.": "conv1.1.",
+        "stem.3.": "conv1.3.",
+        "stem.4.": "conv1.4.",
+        "stem.6.": "conv1.6.",
+        "stem.7.": "bn1.",
+    },
 }
 """Stem key prefixes of the references' ImageNet ResNets -> timm's deep-stem names (blocks are named alike)."""
 CLASSIFIER_PREFIX = "fc."
@@ -97,7 +109,7 @@ def _rename_stem(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch
         name = _strip_wrappers(key)
         for old, new in STEM_LAYOUTS[layout].items():
             if name.startswith(old):
-                name = new + name[len(old):]
+                name = new + name[len(old) :]
                 break
         renamed[name] = tensor
     return renamed
@@ -118,23 +130,33 @@ def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], sourc
             if converted is not None:
                 tensors[name] = converted
                 adapted.append(key)
-    diff = compare_state_dicts(own, tensors, names, optional=("num_batches_tracked",))  # absent from older torchvision files
+    # num_batches_tracked: absent from older torchvision files
+    diff = compare_state_dicts(own, tensors, names, optional=("num_batches_tracked",))
     if diff.missing or diff.wrong_shape:
         matched = len(own) - len(diff.missing) - len(diff.wrong_shape)
         diff.unexpected = []  # a classifier's tensors are expected to be left over
-        raise CheckpointError(diff.describe(f"encoder weights {source} do not match the encoder "
-                                            f"({matched} of {len(own)} tensors matched):", MAX_LISTED))
+        raise CheckpointError(
+            diff.describe(
+                f"encoder weights {source} do not match the encoder ({matched} of {len(own)} tensors matched):",
+                MAX_LISTED,
+            )
+        )
     loaded = {key: tensors[name] for key, name in names.items() if name in tensors}
     used = {names[key] for key in loaded}
     unused = sorted(key for key in state if key not in used)
     if layout is not None and any(not key.startswith(CLASSIFIER_PREFIX) for key in unused):
         extra = [key for key in unused if not key.startswith(CLASSIFIER_PREFIX)]
-        raise CheckpointError(f"encoder weights {source} ({layout}): tensors the encoder has no place for: "
-                              + ", ".join(extra[:MAX_LISTED]) + (f", ... ({len(extra)} in all)" if len(extra) > MAX_LISTED else ""))
+        raise CheckpointError(
+            f"encoder weights {source} ({layout}): tensors the encoder has no place for: "
+            + ", ".join(extra[:MAX_LISTED])
+            + (f", ... ({len(extra)} in all)" if len(extra) > MAX_LISTED else "")
+        )
     encoder.load_state_dict(loaded, strict=False)
     if unused:
         shown = ", ".join(unused[:MAX_LISTED]) + (", ..." if len(unused) > MAX_LISTED else "")
-        log.info("encoder weights %s: %d tensors the encoder does not use (classifier etc.): %s", source, len(unused), shown)
+        log.info(
+            "encoder weights %s: %d tensors the encoder does not use (classifier etc.): %s", source, len(unused), shown
+        )
     return LoadReport(len(loaded), unused, adapted)
 
 
@@ -174,13 +196,15 @@ def imagenet_state_dict(arch: str, in_channels: int) -> dict[str, torch.Tensor]:
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
         raise ConfigError(f"model.encoder_weights: timm has no ImageNet weights for {arch}; pass a local file instead")
     if not _weights_cached(pretrained_cfg):
-        url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if pretrained_cfg.hf_hub_id else pretrained_cfg.url
+        url = (
+            os.environ.get("HF_ENDPOINT", "https://huggingface.co") if pretrained_cfg.hf_hub_id else pretrained_cfg.url
+        )
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
         reason = "HF_HUB_OFFLINE is set" if offline else _unreachable(url)
         if reason:
             raise ConfigError(
                 f"model.encoder_weights: 'imagenet' downloads timm's {arch} weights, but {reason}. "
-                f"On a machine with internet access run: python -c \"import timm, safetensors.torch as st; "
+                f'On a machine with internet access run: python -c "import timm, safetensors.torch as st; '
                 f"st.save_file(timm.create_model('{arch}', pretrained=True).state_dict(), '{arch}.safetensors')\" "
                 f"and set model.encoder_weights: /path/to/{arch}.safetensors"
             )

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import timm
 from torch import nn
@@ -27,9 +27,9 @@ from .lite import LiteEncoder
 from .mobilenet import NAME_PATTERN as MOBILENET_NAME
 from .mobilenet import PRETRAINED as MOBILENET_PRETRAINED
 from .mobilenet import build_mobilenetv2, resolve_width
+from .pretrained import imagenet_state_dict, load_encoder_state, load_encoder_weights
 from .resnet import RESNET_DEPTHS, STEMS, build_resnet
 from .timm_encoder import build_efficientnet, build_swin, build_timm
-from .pretrained import imagenet_state_dict, load_encoder_state, load_encoder_weights
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +53,64 @@ class EncoderSpec:
 
 
 def _resnet_spec(depth: int, stem: str) -> EncoderSpec:
-    stem_text = {"": "7x7 stem (torchvision)", "_deepstem": "deep stem 64-64-128 (PSPNet, semseg)", "_v1c": "deep stem 32-32-64 (mmseg ResNetV1c)"}[stem]
+    stem_text = {
+        "": "7x7 stem (torchvision)",
+        "_deepstem": "deep stem 64-64-128 (PSPNet, semseg)",
+        "_v1c": "deep stem 32-32-64 (mmseg ResNetV1c)",
+    }[stem]
     weights = {"": f"resnet{depth}", "_deepstem": None, "_v1c": f"resnet{depth}c" if depth >= 50 else None}[stem]
 
     def build(cfg: ModelConfig) -> nn.Module:
-        return build_resnet(depth, stem, output_stride=cfg.output_stride, in_channels=cfg.in_channels,
-                            pretrained=False, dilation_style=cfg.dilation_style, extra=cfg.encoder_kwargs)
+        return build_resnet(
+            depth,
+            stem,
+            output_stride=cfg.output_stride,
+            in_channels=cfg.in_channels,
+            pretrained=False,
+            dilation_style=cfg.dilation_style,
+            extra=cfg.encoder_kwargs,
+        )
 
     return EncoderSpec(f"resnet{depth}{stem}", "resnet", f"ResNet-{depth}, {stem_text}", build, weights=weights)
 
 
 def _efficientnet_spec(index: int) -> EncoderSpec:
     arch = f"efficientnet_b{index}"
-    return EncoderSpec(arch, "efficientnet", f"EfficientNet-B{index} (timm)", partial(build_efficientnet, arch),
-                       weights=arch if index <= 5 else None)
+    return EncoderSpec(
+        arch,
+        "efficientnet",
+        f"EfficientNet-B{index} (timm)",
+        partial(build_efficientnet, arch),
+        weights=arch if index <= 5 else None,
+    )
 
 
 def _mobilenet_spec(name: str, width: float, description: str = "") -> EncoderSpec:
-    return EncoderSpec(name, "mobilenetv2", description or f"MobileNetV2, width x{width:g}", partial(build_mobilenetv2, width),
-                       weights=MOBILENET_PRETRAINED.get(width))
+    return EncoderSpec(
+        name,
+        "mobilenetv2",
+        description or f"MobileNetV2, width x{width:g}",
+        partial(build_mobilenetv2, width),
+        weights=MOBILENET_PRETRAINED.get(width),
+    )
 
 
 def _swin_spec(size: str) -> EncoderSpec:
     arch = f"swin_{size}_patch4_window7_224"
-    return EncoderSpec(arch, "swin", f"Swin-{size[0].upper()} (no dilation: PPM at stride 32)", partial(build_swin, arch),
-                       strides=(32,), weights=arch)
+    return EncoderSpec(
+        arch,
+        "swin",
+        f"Swin-{size[0].upper()} (no dilation: PPM at stride 32)",
+        partial(build_swin, arch),
+        strides=(32,),
+        weights=arch,
+    )
 
 
 def _timm_spec(arch: str) -> EncoderSpec:
-    return EncoderSpec(f"timm:{arch}", "timm", f"timm {arch} (features_only)", partial(build_timm, arch),
-                       strides=None, weights=arch)
+    return EncoderSpec(
+        f"timm:{arch}", "timm", f"timm {arch} (features_only)", partial(build_timm, arch), strides=None, weights=arch
+    )
 
 
 def _build_lite(cfg: ModelConfig) -> nn.Module:
@@ -97,7 +125,9 @@ ENCODERS: dict[str, EncoderSpec] = {
         _mobilenet_spec("mobilenetv2", 1.0, "MobileNetV2, width model.width_multiplier (default 1.0)"),
         *(_mobilenet_spec(f"mobilenetv2_x{width:.1f}", width) for width in MOBILENET_PRETRAINED),
         *(_swin_spec(size) for size in ("tiny", "small", "base")),
-        EncoderSpec("lite", "lite", "seed 000's three dilated residual blocks (from scratch)", _build_lite, strides=(1, 2, 4)),
+        EncoderSpec(
+            "lite", "lite", "seed 000's three dilated residual blocks (from scratch)", _build_lite, strides=(1, 2, 4)
+        ),
     ]
 }
 
@@ -127,9 +157,12 @@ def _output_stride(name: str, requested: int, supported: tuple[int, ...]) -> int
         return requested
     fallback = max(supported)
     if requested != DEFAULT_OUTPUT_STRIDE:
-        hint = "; it cannot dilate: run the PPM on a shallower stage with model.ppm_feature" if len(supported) == 1 else ""
-        raise ConfigError(f"model.output_stride: {name} runs at output stride {', '.join(map(str, supported))}, "
-                          f"not {requested}{hint}")
+        hint = (
+            "; it cannot dilate: run the PPM on a shallower stage with model.ppm_feature" if len(supported) == 1 else ""
+        )
+        raise ConfigError(
+            f"model.output_stride: {name} runs at output stride {', '.join(map(str, supported))}, not {requested}{hint}"
+        )
     log.info("%s cannot run at output stride %d; it runs at %d", name, requested, fallback)
     return fallback
 
@@ -147,8 +180,10 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
     try:
         encoder = spec.build(cfg)
     except (TypeError, AssertionError) as exc:
-        raise ConfigError(f"model.encoder: timm cannot build {spec.name} with model.encoder_kwargs "
-                          f"{cfg.encoder_kwargs} and in_channels {cfg.in_channels}: {exc}") from exc
+        raise ConfigError(
+            f"model.encoder: timm cannot build {spec.name} with model.encoder_kwargs "
+            f"{cfg.encoder_kwargs} and in_channels {cfg.in_channels}: {exc}"
+        ) from exc
     if not hasattr(encoder, "out_channels"):  # timm feature extractors describe themselves in feature_info
         encoder.out_channels = encoder.feature_info.channels()
         encoder.reductions = encoder.feature_info.reduction()
@@ -163,5 +198,7 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
 
 def encoder_table() -> list[tuple[str, str, str, str, str]]:
     """(name, family, output strides, ImageNet weights, description) of every registered encoder."""
-    return [(spec.name, spec.family, "/".join(map(str, spec.strides)), spec.weights or "-", spec.description)
-            for spec in ENCODERS.values()]
+    return [
+        (spec.name, spec.family, "/".join(map(str, spec.strides)), spec.weights or "-", spec.description)
+        for spec in ENCODERS.values()
+    ]

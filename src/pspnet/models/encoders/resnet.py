@@ -59,8 +59,9 @@ def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
     conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
 
 
-def build_resnet(depth: int, stem: str, *, output_stride: int, in_channels: int, pretrained: bool,
-                 dilation_style: str, extra: dict) -> nn.Module:
+def build_resnet(
+    depth: int, stem: str, *, output_stride: int, in_channels: int, pretrained: bool, dilation_style: str, extra: dict
+) -> nn.Module:
     """A timm ResNet returning the four stage outputs (layer1..layer4)."""
     model = timm.create_model(
         f"resnet{depth}",

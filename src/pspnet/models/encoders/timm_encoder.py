@@ -30,7 +30,8 @@ class TimmEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
-        padded = self.pad_multiple > 1 and (torch.compiler.is_compiling() or pad_h or pad_w)  # traced: sizes stay symbolic
+        # traced: sizes stay symbolic
+        padded = self.pad_multiple > 1 and (torch.compiler.is_compiling() or pad_h or pad_w)
         if padded:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.body(x)
@@ -43,8 +44,9 @@ class TimmEncoder(nn.Module):
 
 def create_features(arch: str, cfg: ModelConfig, **kwargs) -> nn.Module:
     """`timm.create_model(arch, features_only=True)` with random weights, `in_chans` and `encoder_kwargs`."""
-    return timm.create_model(arch, pretrained=False, features_only=True, in_chans=cfg.in_channels,
-                             **{**kwargs, **cfg.encoder_kwargs})
+    return timm.create_model(
+        arch, pretrained=False, features_only=True, in_chans=cfg.in_channels, **{**kwargs, **cfg.encoder_kwargs}
+    )
 
 
 def build_efficientnet(arch: str, cfg: ModelConfig) -> TimmEncoder:

@@ -1,8 +1,8 @@
 """The training loop: SGD with the poly policy, periodic validation, atomic checkpoints, exact resume,
 on one process or many (torchrun + DistributedDataParallel, with synchronized BatchNorm).
 
-What the run directory holds and when a run may resume: `pspnet.engine.run_dir`. How processes
-share the work: `pspnet.engine.distributed`. The global batch (`train.batch_size`) is split among
+What the run directory holds and when a run may resume: `pspnet.training.run_dir`. How processes
+share the work: `pspnet.system.distributed`. The global batch (`train.batch_size`) is split among
 the processes, and every sample's place in the stream and its augmentation depend on (seed,
 iteration, position in the global batch) only, so the number of processes changes the speed, not
 the result (with synchronized BatchNorm and no dropout, up to float rounding).
@@ -16,9 +16,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,14 +30,14 @@ from ..config import Config
 from ..data.check import report_colour_matching
 from ..data.loaders import SkipLog, build_dataset, build_eval_loader, build_train_loader, iterate
 from ..errors import CheckpointError, ConfigError, DataError
+from ..jobs.evaluation import ImageScores, Validation, evaluate
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
 from ..models import create_model
-from .device import resolve_amp, resolve_device
-from .distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
-from .environment import command_line, hardware, software
-from .evaluator import ImageScores, Validation, evaluate
-from .progress import progress_bar
+from ..system.device import resolve_amp, resolve_device
+from ..system.distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
+from ..system.environment import command_line, hardware, software
+from ..system.progress import progress_bar
 from .run_dir import RunDirectory
 from .run_log import RunLog
 from .sync_bn import convert_sync_batchnorm
@@ -54,7 +55,9 @@ def poly_lr_factor(iteration: int, max_iters: int, power: float) -> float:
     return (1 - iteration / max_iters) ** power
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    model: torch.nn.Module, cfg: Config
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """SGD with the encoder at base_lr and the rest (PPM, fusion, classifiers) at head_lr_mult x base_lr."""
     train = cfg.train
     groups = [
@@ -104,8 +107,15 @@ class Trainer:
     (default: this process's command line).
     """
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                 distributed: Distributed | None = None, command: str | None = None):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        distributed: Distributed | None = None,
+        command: str | None = None,
+    ):
         self.dist = distributed or Distributed(device=resolve_device(config.train.device))
         self.run = RunDirectory(run_dir)
         self.progress = progress and self.dist.is_main
@@ -138,8 +148,11 @@ class Trainer:
             return config, None
         config = self.run.check_resume(config)
         if not self.run.can_resume():
-            log.warning("--resume: %s has no resume state (the run was stopped before its first checkpoint); "
-                        "starting it over from iteration 0", self.run.path)
+            log.warning(
+                "--resume: %s has no resume state (the run was stopped before its first checkpoint); "
+                "starting it over from iteration 0",
+                self.run.path,
+            )
             return config, None
         return config, self.run.load_resume_state()
 
@@ -160,8 +173,11 @@ class Trainer:
         self.model = create_model(config, self.classes)
         self.config = config.replace([f"model.num_classes={self.model.config.num_classes}"])
         if train.init_from and init_weights and self.dist.is_main:  # the other ranks get rank 0's weights from DDP
-            load_strict(self.model, load_pytorch_checkpoint(train.init_from)[0].state_dict(),
-                        f"train.init_from {train.init_from}")
+            load_strict(
+                self.model,
+                load_pytorch_checkpoint(train.init_from)[0].state_dict(),
+                f"train.init_from {train.init_from}",
+            )
         self.model.to(self.device)
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -190,14 +206,16 @@ class Trainer:
             return
         self._saving = True
         try:
-            self.run.save_resume_state({
-                "iteration": self.iteration,
-                "best_miou": self.best_miou,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            })
+            self.run.save_resume_state(
+                {
+                    "iteration": self.iteration,
+                    "best_miou": self.best_miou,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                }
+            )
             save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
         finally:
             self._saving = False
@@ -213,11 +231,15 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best_miou = int(state["iteration"]), state["best_miou"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{self.run.resume_state}: resume state does not match this model/config: {exc}") from None
+            raise CheckpointError(
+                f"{self.run.resume_state}: resume state does not match this model/config: {exc}"
+            ) from None
         train = self.config.train
         if self.iteration > train.max_iters:
-            raise ConfigError(f"train.max_iters: {train.max_iters} is below iteration {self.iteration}, which the run "
-                              "has reached; resume with a larger value (or start a new run)")
+            raise ConfigError(
+                f"train.max_iters: {train.max_iters} is below iteration {self.iteration}, which the run "
+                "has reached; resume with a larger value (or start a new run)"
+            )
         # the poly policy with this run's max_iters (which may have been raised) from the resumed iteration on
         factor = poly_lr_factor(self.iteration, train.max_iters, train.lr_power)
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
@@ -228,9 +250,21 @@ class Trainer:
         """Metrics of the current model on the validation split (each process evaluates its share), and the
         per-image mIoU of the whole split into `scores`."""
         cfg = self.config
-        loader = build_eval_loader(self.val_set, cfg.data, cfg.eval.batch_size, self.device, self.dist.rank, self.dist.world_size)
-        metrics = evaluate(self.model, loader, self.classes.num_classes, cfg.eval, self.device, self.progress,
-                           desc="validate", skipped=self.skipped, distributed=self.dist, observe=scores)
+        loader = build_eval_loader(
+            self.val_set, cfg.data, cfg.eval.batch_size, self.device, self.dist.rank, self.dist.world_size
+        )
+        metrics = evaluate(
+            self.model,
+            loader,
+            self.classes.num_classes,
+            cfg.eval,
+            self.device,
+            self.progress,
+            desc="validate",
+            skipped=self.skipped,
+            distributed=self.dist,
+            observe=scores,
+        )
         if scores is not None:
             scores.gather(self.dist)
         return metrics
@@ -242,7 +276,9 @@ class Trainer:
         if self.best_miou is None or metrics.miou > self.best_miou:
             self.best_miou = metrics.miou
             if self.dist.is_main:
-                save_checkpoint(self.run.best, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
+                save_checkpoint(
+                    self.run.best, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou
+                )
 
     # ---------------------------------------------------------------- loop
     def request_stop(self) -> None:
@@ -278,8 +314,16 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg = self.config.train
         self._saved_iteration = self.iteration
-        loader = build_train_loader(self.train_set, self.config.data, cfg.batch_size, cfg.seed, self.iteration,
-                                    self.device, self.dist.rank, self.dist.world_size)
+        loader = build_train_loader(
+            self.train_set,
+            self.config.data,
+            cfg.batch_size,
+            cfg.seed,
+            self.iteration,
+            self.device,
+            self.dist.rank,
+            self.dist.world_size,
+        )
         batches = iterate(loader, self.skipped)
         if self.iteration < cfg.max_iters:  # the data can be read: only now is the run directory created
             first = self._next_batch(batches)
@@ -288,8 +332,12 @@ class Trainer:
         bar = progress_bar(cfg.max_iters, "train", self.progress, unit="it", initial=self.iteration)
         metrics = validation = None
         self.model.train()
-        with (_stop_signals(self._handle_signal), contextlib.closing(bar), contextlib.closing(run_log or _NoLog()),
-              self._session() as session):
+        with (
+            _stop_signals(self._handle_signal),
+            contextlib.closing(bar),
+            contextlib.closing(run_log or _NoLog()),
+            self._session() as session,
+        ):
             while self.iteration < cfg.max_iters:
                 with self._timed("data"):
                     batch = self._next_batch(batches)
@@ -303,11 +351,21 @@ class Trainer:
                 bar.update(1)
                 if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.max_iters:
                     with self._timed("logging"):
-                        losses = {key: value / self.dist.world_size for key, value in
-                                  zip(losses, all_reduce_sum(self.dist, torch.tensor(list(losses.values()), dtype=torch.float64)).tolist())}
+                        losses = {
+                            key: value / self.dist.world_size
+                            for key, value in zip(
+                                losses,
+                                all_reduce_sum(
+                                    self.dist, torch.tensor(list(losses.values()), dtype=torch.float64)
+                                ).tolist(),
+                            )
+                        }
                         bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
                         if run_log is not None:
-                            run_log.train(self.iteration, {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)})
+                            run_log.train(
+                                self.iteration,
+                                {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)},
+                            )
                 if self.iteration % cfg.eval_interval == 0 or self.iteration == cfg.max_iters:
                     with self._timed("validation"):
                         scores = ImageScores(self.classes.num_classes)
@@ -315,7 +373,9 @@ class Trainer:
                         validation = Validation(self.iteration, metrics, scores)
                         self._record_validation(metrics, run_log)
                     if self.dist.is_main:
-                        bar.write(f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})")
+                        bar.write(
+                            f"iter {self.iteration}: val mIoU {100 * metrics.miou:.2f}  (best {100 * self.best_miou:.2f})"
+                        )
                 if self.iteration % cfg.checkpoint_interval == 0 or self.iteration == cfg.max_iters:
                     with self._timed("checkpoints"):
                         self._save()
@@ -328,9 +388,19 @@ class Trainer:
                 session["outcome"] = "stopped"
         if self.skipped.count and self.dist.is_main:
             log.warning("%s", self.skipped.summary())
-        return TrainResult(self.run.path, self.run.last, self.run.best if self.run.best.exists() else None,
-                           self.best_miou, self.iteration, self._stop_requested, metrics, self._stop_signal, self.skipped,
-                           validation, dict(self.timings))
+        return TrainResult(
+            self.run.path,
+            self.run.last,
+            self.run.best if self.run.best.exists() else None,
+            self.best_miou,
+            self.iteration,
+            self._stop_requested,
+            metrics,
+            self._stop_signal,
+            self.skipped,
+            validation,
+            dict(self.timings),
+        )
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -345,8 +415,13 @@ class Trainer:
         """Rank 0: this `train` session recorded in run.json (command, software, hardware, wall time, outcome)."""
         if not self.dist.is_main:
             return contextlib.nullcontext({})
-        record = {"command": self.command, "start_iteration": self.iteration, "software": software(),
-                  "hardware": hardware(self.device), "processes": self.dist.world_size}
+        record = {
+            "command": self.command,
+            "start_iteration": self.iteration,
+            "software": software(),
+            "hardware": hardware(self.device),
+            "processes": self.dist.world_size,
+        }
         return self.run.session(record, iteration=lambda: self.iteration)
 
     def _open_run(self) -> RunLog | None:
@@ -369,7 +444,9 @@ class Trainer:
             pixels = all_reduce_sum(self.dist, (masks != IGNORE_INDEX).sum().double()) / self.dist.world_size
         # dropout draws from a seed of (run seed, iteration, rank): resumable at any iteration, any world size
         torch.manual_seed((train.seed * 1_000_003 + self.iteration) * 4096 + self.dist.rank)
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.amp, torch.bfloat16), enabled=self.amp != "none"):
+        with torch.autocast(
+            self.device.type, dtype=AMP_DTYPES.get(self.amp, torch.bfloat16), enabled=self.amp != "none"
+        ):
             outputs = self.network(images)
         losses = self.criterion({k: v.float() for k, v in outputs.items()}, masks, pixels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -37,8 +37,12 @@ class LineProgress:
             remaining = (self.total - self.n) / rate if rate > 0 else 0.0
             percent = 100 * self.n / self.total if self.total else 100.0
             postfix = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: {percent:3.0f}% {self.n}/{self.total} {self.unit} [{elapsed:.0f}s elapsed, "
-                  f"{remaining:.0f}s left, {rate:.2f} {self.unit}/s{postfix}]", file=self.stream, flush=True)
+            print(
+                f"{self.desc}: {percent:3.0f}% {self.n}/{self.total} {self.unit} [{elapsed:.0f}s elapsed, "
+                f"{remaining:.0f}s left, {rate:.2f} {self.unit}/s{postfix}]",
+                file=self.stream,
+                flush=True,
+            )
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
@@ -63,8 +67,9 @@ class Silent(LineProgress):
         self.n += count
 
 
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img", initial: int = 0,
-                 leave: bool = True) -> tqdm | LineProgress:
+def progress_bar(
+    total: int, desc: str, enabled: bool, unit: str = "img", initial: int = 0, leave: bool = True
+) -> tqdm | LineProgress:
     """A progress bar over `total` items showing the rate and the ETA.
 
     When stderr is not a terminal, lines every 10% instead, and nothing for a transient bar (`leave=False`).
@@ -73,4 +78,6 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img", initia
         return Silent(total, desc, unit, initial)
     if not sys.stderr.isatty():
         return LineProgress(total, desc, unit, initial)
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave, dynamic_ncols=True, bar_format=BAR_FORMAT)
+    return tqdm(
+        total=total, desc=desc, unit=unit, initial=initial, leave=leave, dynamic_ncols=True, bar_format=BAR_FORMAT
+    )

@@ -19,23 +19,28 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import yaml
 
+from ..checkpoint.native import read_metadata
 from ..config import Config, dump_yaml
 from ..errors import CheckpointError, ConfigError
-from ..checkpoint.native import read_metadata
 from ..io.files import atomic_path, remove_stale_temp_files, write_json
 from ..io.weights import load_torch_file
 
 log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = {
-    "train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.device", "data.num_workers",
+    "train.log_interval",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.device",
+    "data.num_workers",
     "train.max_iters",
 }
 """Config keys that may differ between a run and its --resume: settings that do not change the result,
@@ -70,14 +75,18 @@ class RunDirectory:
         for path in (self.best, self.last):
             if path.is_file():
                 return path
-        raise CheckpointError(f"{self.path} is a folder but holds no checkpoint ({self.best.relative_to(self.path)} or "
-                              f"{self.last.relative_to(self.path)})")
+        raise CheckpointError(
+            f"{self.path} is a folder but holds no checkpoint ({self.best.relative_to(self.path)} or "
+            f"{self.last.relative_to(self.path)})"
+        )
 
     def check_new(self) -> None:
         """ConfigError when the directory already holds a run."""
         if self.last.exists() or self.resume_state.exists():
-            raise ConfigError(f"{self.path} already holds a run; continue it with `pspnet train --resume {self.path}` "
-                              "or choose another --out")
+            raise ConfigError(
+                f"{self.path} already holds a run; continue it with `pspnet train --resume {self.path}` "
+                "or choose another --out"
+            )
 
     def saved_config(self) -> Config:
         """The config the run was started with."""

@@ -17,12 +17,19 @@ from ..config import EvalConfig
 from ..data.formats.cityscapes import cityscapes_classes, train_id_to_label_id
 from ..errors import ConfigError, DataError
 from ..inference.predict import predict_array, predict_probabilities
-from ..io.files import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, atomic_path, list_files, remove_stale_temp_files, save_image,
-                        write_json)
+from ..io.files import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    atomic_path,
+    list_files,
+    remove_stale_temp_files,
+    save_image,
+    write_json,
+)
 from ..io.images import read_image
+from ..system.distributed import Distributed, check_all, gather, shard
+from ..system.progress import progress_bar
 from ..visualize import colorize, displayable, legend, overlay, save_label_png
-from .distributed import Distributed, check_all, gather, shard
-from .progress import progress_bar
 from .video import VideoOptions, VideoReader, import_av, overlay_video
 
 OUTPUT_FORMATS = ("pspnet", "cityscapes")
@@ -45,7 +52,9 @@ class OutputOptions:
 
     def __post_init__(self) -> None:
         if self.probabilities not in (None, *PROBABILITY_OUTPUTS):
-            raise ConfigError(f"unknown probability output {self.probabilities!r}; choose {' or '.join(PROBABILITY_OUTPUTS)}")
+            raise ConfigError(
+                f"unknown probability output {self.probabilities!r}; choose {' or '.join(PROBABILITY_OUTPUTS)}"
+            )
         if not 0 <= self.overlay_alpha <= 1:
             raise ConfigError(f"the overlay alpha must be in [0, 1], got {self.overlay_alpha}")
 
@@ -71,8 +80,10 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     found: dict[Path, Path] = {}  # absolute file -> its input's root
     for item in map(Path, inputs):
         if item.is_dir():
-            found.update((Path(os.path.abspath(path)), Path(os.path.abspath(item)))
-                         for path in list_files(item, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
+            found.update(
+                (Path(os.path.abspath(path)), Path(os.path.abspath(item)))
+                for path in list_files(item, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            )
         else:  # a missing file fails on its own when it is read, and the other inputs are still processed
             found.setdefault(Path(os.path.abspath(item)), Path(os.path.abspath(item.parent)))
     if not found:
@@ -80,7 +91,9 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     base = Path(os.path.commonpath([str(root) for root in found.values()]))
     relative = {path: path.relative_to(base) for path in found}
     stems = Counter(name.with_suffix("") for name in relative.values())
-    return [(path, name.with_suffix("") if stems[name.with_suffix("")] == 1 else name) for path, name in relative.items()]
+    return [
+        (path, name.with_suffix("") if stems[name.with_suffix("")] == 1 else name) for path, name in relative.items()
+    ]
 
 
 def cityscapes_prediction_name(stem: Path) -> Path:
@@ -128,13 +141,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def _write_pspnet(files: list[Path], image: np.ndarray, label: np.ndarray, probabilities: np.ndarray | None,
-                  classes: ClassInfo, options: OutputOptions) -> None:
+def _write_pspnet(
+    files: list[Path],
+    image: np.ndarray,
+    label: np.ndarray,
+    probabilities: np.ndarray | None,
+    classes: ClassInfo,
+    options: OutputOptions,
+) -> None:
     """Colour and overlay renderings, the confidence map and probabilities when asked, then the palette PNG of
     class ids (written last: its presence marks a complete output)."""
     label_path, color_path, overlay_path, *probability_paths = files
     save_image(color_path, Image.fromarray(colorize(label, classes)))
-    save_image(overlay_path, Image.fromarray(overlay(displayable(image), label, classes, options.overlay_alpha)), quality=90)
+    save_image(
+        overlay_path, Image.fromarray(overlay(displayable(image), label, classes, options.overlay_alpha)), quality=90
+    )
     if probabilities is not None:
         save_image(probability_paths[0], Image.fromarray(np.rint(probabilities.max(0) * 255).astype(np.uint8)))
     if options.probabilities == "full":
@@ -145,14 +166,23 @@ def _write_pspnet(files: list[Path], image: np.ndarray, label: np.ndarray, proba
 def _check_cityscapes_model(model: torch.nn.Module) -> None:
     """ConfigError unless `model` predicts the 19 Cityscapes train ids (DataError without cityscapesscripts)."""
     if model.card.num_classes != cityscapes_classes().num_classes:
-        raise ConfigError(f"the cityscapes output format needs a model of the {cityscapes_classes().num_classes} "
-                          f"Cityscapes train classes; this one predicts {model.card.num_classes}")
+        raise ConfigError(
+            f"the cityscapes output format needs a model of the {cityscapes_classes().num_classes} "
+            f"Cityscapes train classes; this one predicts {model.card.num_classes}"
+        )
 
 
-def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path,
-                  settings: EvalConfig | None = None, progress: bool = True, output_format: str = "pspnet",
-                  skip_existing: bool = False, options: OutputOptions = OutputOptions(),
-                  distributed: Distributed | None = None) -> PredictionReport:
+def predict_files(
+    model: torch.nn.Module,
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    settings: EvalConfig | None = None,
+    progress: bool = True,
+    output_format: str = "pspnet",
+    skip_existing: bool = False,
+    options: OutputOptions = OutputOptions(),
+    distributed: Distributed | None = None,
+) -> PredictionReport:
     """Segment every input image and video and write the results in `output_format`:
 
     * `pspnet`: for an image `labels/` (palette PNG, value = class id), `color/`, `overlay/` and what
@@ -198,8 +228,11 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
     share = shard(files, distributed)
     with progress_bar(len(share), "predict", progress) as bar:
         for path, stem in share:
-            outputs = [video_output(out_dir, stem)] if is_video(path) else output_files(out_dir, stem, output_format,
-                                                                                         options.probabilities)
+            outputs = (
+                [video_output(out_dir, stem)]
+                if is_video(path)
+                else output_files(out_dir, stem, output_format, options.probabilities)
+            )
             if skip_existing and all(output.is_file() for output in outputs):
                 report.skipped.append(path)
                 bar.update()
@@ -209,12 +242,24 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
                     with VideoReader(path, settings.pixel_cap()) as reader:
                         write_key_once()
                         labels_dir = out_dir / f"{stem}.labels" if options.video.labels else None
-                        overlay_video(model, reader, outputs[0], settings, options.overlay_alpha, options.video.crf,
-                                      labels_dir, progress)
+                        overlay_video(
+                            model,
+                            reader,
+                            outputs[0],
+                            settings,
+                            options.overlay_alpha,
+                            options.video.crf,
+                            labels_dir,
+                            progress,
+                        )
                 else:
                     image = read_image(path, model.card.in_channels, max_pixels=settings.pixel_cap(), exif=True)
                     probabilities = predict_probabilities(model, image, settings) if options.probabilities else None
-                    label = predict_array(model, image, settings) if probabilities is None else probabilities.argmax(0).astype(np.uint8)
+                    label = (
+                        predict_array(model, image, settings)
+                        if probabilities is None
+                        else probabilities.argmax(0).astype(np.uint8)
+                    )
                     write_key_once()
                     if output_format == "cityscapes":
                         save_image(outputs[0], Image.fromarray(train_id_to_label_id()[label]))
@@ -226,4 +271,6 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
                 report.written.append(outputs[0])
             bar.update()
     parts = gather(distributed, report)
-    return PredictionReport(*(sum((getattr(part, name) for part in parts), []) for name in ("written", "skipped", "failed")))
+    return PredictionReport(
+        *(sum((getattr(part, name) for part in parts), []) for name in ("written", "skipped", "failed"))
+    )

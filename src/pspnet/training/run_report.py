@@ -21,11 +21,11 @@ from ..inference.predict import model_device, tensor_to_image
 from ..inference.protocol import Inferencer
 from ..io.files import atomic_path
 from ..io.weights import is_safetensors
+from ..jobs.evaluation import ImageScores, Validation, evaluate_split, split_dataset
 from ..metrics import SegmentationMetrics
 from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking, render_report, select_samples
+from ..system.device import resolve_device
 from ..visualize import displayable
-from .device import resolve_device
-from .evaluator import ImageScores, Validation, evaluate_split, split_dataset
 from .run_dir import RunDirectory
 from .run_log import read_log
 
@@ -33,8 +33,13 @@ DEFAULT_SAMPLES = 8
 """Images in a report's sample grid: the worst half and a spread of the others."""
 
 
-def draw_samples(model: torch.nn.Module, dataset: SegmentationDataset, config: Config, scores: ImageScores,
-                 count: int = DEFAULT_SAMPLES) -> list[SamplePrediction]:
+def draw_samples(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    config: Config,
+    scores: ImageScores,
+    count: int = DEFAULT_SAMPLES,
+) -> list[SamplePrediction]:
     """The predictions of the `count` images `select_samples` picks from `scores` (in dataset order),
     computed again under `config.eval`, with the images as the model saw them."""
     model.eval()
@@ -45,7 +50,9 @@ def draw_samples(model: torch.nn.Module, dataset: SegmentationDataset, config: C
         item = dataset[index]
         labels = inferencer.labels(item["image"][None].to(model_device(model)))[0].cpu().numpy()
         image = displayable(tensor_to_image(item["image"], config.data.mean, config.data.std))
-        samples.append(SamplePrediction(item["name"], image, item["mask"].numpy(), labels, scores.miou[index], rank[index]))
+        samples.append(
+            SamplePrediction(item["name"], image, item["mask"].numpy(), labels, scores.miou[index], rank[index])
+        )
     return samples
 
 
@@ -56,25 +63,56 @@ def _saved_iteration(checkpoint: Path) -> int | None:
     return read_metadata(checkpoint).get("iteration")
 
 
-def write_report(out: str | Path, model: torch.nn.Module, config: Config, checkpoint: Path, split: str,
-                 metrics: SegmentationMetrics, scores: ImageScores, dataset: SegmentationDataset,
-                 samples: int = DEFAULT_SAMPLES) -> Path:
+def write_report(
+    out: str | Path,
+    model: torch.nn.Module,
+    config: Config,
+    checkpoint: Path,
+    split: str,
+    metrics: SegmentationMetrics,
+    scores: ImageScores,
+    dataset: SegmentationDataset,
+    samples: int = DEFAULT_SAMPLES,
+) -> Path:
     """Write the report of an evaluation of `checkpoint` on `split` (with the record, logs and curves of
     the run directory the checkpoint lies in, if any) to `out`, atomically."""
     run = RunDirectory.holding(checkpoint)
-    record = None if run is None else RunRecord(str(run.path), run.sessions(), read_log(run.train_log), read_log(run.val_log))
-    evaluation = EvaluationRecord(metrics, model.card.classes, config.eval.describe(), str(checkpoint),
-                                  _saved_iteration(checkpoint), f"{config.data.format}/{split}", len(dataset))
-    html = render_report(run.path.name if run else checkpoint.name, run.config_path.read_text() if run else dump_yaml(config),
-                         record, evaluation, draw_samples(model, dataset, config, scores, samples), model.card.classes)
+    record = (
+        None
+        if run is None
+        else RunRecord(str(run.path), run.sessions(), read_log(run.train_log), read_log(run.val_log))
+    )
+    evaluation = EvaluationRecord(
+        metrics,
+        model.card.classes,
+        config.eval.describe(),
+        str(checkpoint),
+        _saved_iteration(checkpoint),
+        f"{config.data.format}/{split}",
+        len(dataset),
+    )
+    html = render_report(
+        run.path.name if run else checkpoint.name,
+        run.config_path.read_text() if run else dump_yaml(config),
+        record,
+        evaluation,
+        draw_samples(model, dataset, config, scores, samples),
+        model.card.classes,
+    )
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return Path(out)
 
 
-def report_run(run_dir: str | Path, out: str | Path | None = None, split: str | None = None,
-               samples: int = DEFAULT_SAMPLES, device: str = "auto", progress: bool = True,
-               validation: Validation | None = None) -> Path:
+def report_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    split: str | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    device: str = "auto",
+    progress: bool = True,
+    validation: Validation | None = None,
+) -> Path:
     """Write the report of a run (default `RUN_DIR/report.html`) on its best (else last) checkpoint,
     evaluated on `split` (default: the val split) under the run's protocol. A `validation` of that
     checkpoint's weights (same iteration) on the val split is used instead of evaluating again."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -18,8 +18,8 @@ from ..errors import ConfigError, DataError
 from ..inference.predict import evaluation_mode, model_device
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
 from ..metrics import ConfusionMatrix, SegmentationMetrics
-from .distributed import Distributed, all_reduce_sum, check_all, gather
-from .progress import progress_bar
+from ..system.distributed import Distributed, all_reduce_sum, check_all, gather
+from ..system.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,18 @@ class Validation:
     scores: ImageScores
 
 
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, num_classes: int, settings: EvalConfig,
-             device: torch.device, progress: bool = True, desc: str = "evaluate",
-             skipped: SkipLog | None = None, distributed: Distributed | None = None,
-             observe: Callable[[dict, torch.Tensor], None] | None = None) -> SegmentationMetrics:
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    num_classes: int,
+    settings: EvalConfig,
+    device: torch.device,
+    progress: bool = True,
+    desc: str = "evaluate",
+    skipped: SkipLog | None = None,
+    distributed: Distributed | None = None,
+    observe: Callable[[dict, torch.Tensor], None] | None = None,
+) -> SegmentationMetrics:
     """Run `model` (a torch module or any backend) over `loader` with the protocol in `settings`;
     ignore-label pixels do not count. `observe(batch, labels)` sees each batch with its predicted labels
     (e.g. `ImageScores`).
@@ -75,8 +83,10 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     inferencer = Inferencer(model, settings)
     confusion = ConfusionMatrix(num_classes)
     failure = None
-    with evaluation_mode(model), progress_bar(len(loader.dataset), desc, progress and distributed.is_main,
-                                              leave=False) as bar:
+    with (
+        evaluation_mode(model),
+        progress_bar(len(loader.dataset), desc, progress and distributed.is_main, leave=False) as bar,
+    ):
         try:
             for batch in iterate(loader, skipped):
                 images = batch["image"].to(device, non_blocking=True)
@@ -98,14 +108,21 @@ def split_dataset(model: Callable[[torch.Tensor], torch.Tensor], config: Config,
     its classes are not the model's."""
     dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
     if dataset.classes.num_classes != model.card.num_classes:
-        raise ConfigError(f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
-                          f"{dataset.classes.num_classes}")
+        raise ConfigError(
+            f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
+            f"{dataset.classes.num_classes}"
+        )
     return dataset
 
 
-def evaluate_split(model: Callable[[torch.Tensor], torch.Tensor], dataset: SegmentationDataset, config: Config, progress: bool = True,
-                   distributed: Distributed | None = None,
-                   observe: Callable[[dict, torch.Tensor], None] | None = None) -> SegmentationMetrics:
+def evaluate_split(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    dataset: SegmentationDataset,
+    config: Config,
+    progress: bool = True,
+    distributed: Distributed | None = None,
+    observe: Callable[[dict, torch.Tensor], None] | None = None,
+) -> SegmentationMetrics:
     """Metrics of `model` (on its device) over `dataset` under `config.eval`, each process evaluating its
     share; first a warning with the cost when the protocol would enlarge the images more than
     `UPSAMPLING_WARNING` times."""
@@ -117,10 +134,12 @@ def evaluate_split(model: Callable[[torch.Tensor], torch.Tensor], dataset: Segme
         if upsampling_factor(config.eval, height, width) > UPSAMPLING_WARNING:
             cost = protocol_cost(model, config.eval, height, width, len(dataset), device)
             log.warning("%s", cost.describe(config.eval, height, width, len(dataset)))
-    loader = build_eval_loader(dataset, config.data, config.eval.batch_size, device, distributed.rank,
-                               distributed.world_size)
-    return evaluate(model, loader, model.card.num_classes, config.eval, device, progress, distributed=distributed,
-                    observe=observe)
+    loader = build_eval_loader(
+        dataset, config.data, config.eval.batch_size, device, distributed.rank, distributed.world_size
+    )
+    return evaluate(
+        model, loader, model.card.num_classes, config.eval, device, progress, distributed=distributed, observe=observe
+    )
 
 
 UPSAMPLING_WARNING = 2.0
@@ -138,16 +157,26 @@ class ProtocolCost:
     """Estimated time, from one timed forward pass of each input size."""
 
     def describe(self, settings: EvalConfig, height: int, width: int, images: int) -> str:
-        largest = max(scaled_size(height, width, scale, settings.base_size, settings.resize) for scale in settings.scales)
-        return (f"the protocol ({settings.describe()}) enlarges these {height}x{width} images {self.upsampling:.1f}x, to "
-                f"{largest[0]}x{largest[1]}: {self.passes_per_image} forward passes per image, about "
-                f"{self.seconds / 60:.1f} min for {images} images; a protocol for small images (e.g. --mode whole "
-                f"without --base-size) is probably what you want")
+        largest = max(
+            scaled_size(height, width, scale, settings.base_size, settings.resize) for scale in settings.scales
+        )
+        return (
+            f"the protocol ({settings.describe()}) enlarges these {height}x{width} images {self.upsampling:.1f}x, to "
+            f"{largest[0]}x{largest[1]}: {self.passes_per_image} forward passes per image, about "
+            f"{self.seconds / 60:.1f} min for {images} images; a protocol for small images (e.g. --mode whole "
+            f"without --base-size) is probably what you want"
+        )
 
 
 @torch.inference_mode()
-def protocol_cost(model: Callable[[torch.Tensor], torch.Tensor], settings: EvalConfig, height: int, width: int,
-                  images: int, device: torch.device) -> ProtocolCost:
+def protocol_cost(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    settings: EvalConfig,
+    height: int,
+    width: int,
+    images: int,
+    device: torch.device,
+) -> ProtocolCost:
     """Upsampling factor, forward passes and an ETA for evaluating `images` images of `height` x `width`."""
     passes = forward_passes(settings, height, width)
     seconds = 0.0

@@ -5,11 +5,12 @@ and size are kept; the output is written under a temporary name and renamed when
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from ..errors import ConfigError, DataError
 from ..inference.predict import predict_array
 from ..io.files import atomic_path
 from ..io.images import describe_size
+from ..system.progress import progress_bar
 from ..visualize import displayable, overlay, save_label_png
-from .progress import progress_bar
 
 DEFAULT_CRF = 18
 """x264's constant rate factor for overlay videos: 18 is visually lossless, 0 lossless."""
@@ -68,8 +69,10 @@ class VideoReader:
             if not self.rate or not self.width or not self.height:
                 raise DataError(f"cannot read video {path}: no frame rate or frame size in its header")
             if max_pixels is not None and self.width * self.height > max_pixels:
-                raise DataError(f"video {path}: frames of {describe_size(self.width, self.height)} are more than the "
-                                f"cap of {max_pixels / 1e6:.1f} M pixels (eval.max_pixels / --max-pixels)")
+                raise DataError(
+                    f"video {path}: frames of {describe_size(self.width, self.height)} are more than the "
+                    f"cap of {max_pixels / 1e6:.1f} M pixels (eval.max_pixels / --max-pixels)"
+                )
         except DataError:
             self.container.close()
             raise
@@ -92,8 +95,10 @@ class VideoReader:
         except self.error as exc:
             raise DataError(f"cannot read video {self.path}: frame {decoded + 1}: {exc}") from None
         if self.stream.frames and decoded < self.stream.frames:
-            raise DataError(f"cannot read video {self.path}: it ends after {decoded} of its {self.stream.frames} frames "
-                            "(truncated?)")
+            raise DataError(
+                f"cannot read video {self.path}: it ends after {decoded} of its {self.stream.frames} frames "
+                "(truncated?)"
+            )
 
     def close(self) -> None:
         self.container.close()
@@ -105,8 +110,16 @@ class VideoReader:
         self.close()
 
 
-def overlay_video(model: Any, reader: VideoReader, out_path: Path, settings: EvalConfig, alpha: float = 0.5,
-                  crf: int = DEFAULT_CRF, labels_dir: Path | None = None, progress: bool = True) -> int:
+def overlay_video(
+    model: Any,
+    reader: VideoReader,
+    out_path: Path,
+    settings: EvalConfig,
+    alpha: float = 0.5,
+    crf: int = DEFAULT_CRF,
+    labels_dir: Path | None = None,
+    progress: bool = True,
+) -> int:
     """Write `out_path` (H.264 in MP4 at constant rate factor `crf`): each frame of `reader` with its
     predicted classes blended in with weight `alpha`, at the input's frame rate and size, without audio;
     with `labels_dir`, each frame's label map as `labels_dir/NNNNNN.png`. Returns the number of frames."""
@@ -116,8 +129,11 @@ def overlay_video(model: Any, reader: VideoReader, out_path: Path, settings: Eva
         raise ConfigError(f"videos can be segmented by 1- or 3-channel models; this one takes {channels} channels")
     full_colour = crf == 0 or reader.width % 2 or reader.height % 2  # 4:2:0 needs even sizes
     count = 0
-    with (progress_bar(reader.frame_count, reader.path.name, progress, unit="frame") as bar,
-          atomic_path(out_path) as tmp, av.open(str(tmp), "w", format="mp4") as output):
+    with (
+        progress_bar(reader.frame_count, reader.path.name, progress, unit="frame") as bar,
+        atomic_path(out_path) as tmp,
+        av.open(str(tmp), "w", format="mp4") as output,
+    ):
         stream = output.add_stream("libx264", rate=reader.rate)
         stream.width, stream.height = reader.width, reader.height
         stream.pix_fmt = "yuv444p" if full_colour else "yuv420p"

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -165,10 +166,14 @@ def shard(items: Sequence[T], context: Distributed) -> list[T]:
 def split_batch(batch_size: int, context: Distributed, sync_bn: bool) -> int:
     """This rank's share of the global batch; ConfigError when the processes cannot share it evenly."""
     if batch_size % context.world_size:
-        raise ConfigError(f"train.batch_size: the global batch of {batch_size} does not divide among "
-                          f"{context.world_size} processes; choose a multiple of {context.world_size}")
+        raise ConfigError(
+            f"train.batch_size: the global batch of {batch_size} does not divide among "
+            f"{context.world_size} processes; choose a multiple of {context.world_size}"
+        )
     local = batch_size // context.world_size
     if local < 2 and not sync_bn:
-        raise ConfigError(f"train.batch_size: {local} image per process; BatchNorm needs 2 without train.sync_bn "
-                          "(turn it on, or use a larger batch)")
+        raise ConfigError(
+            f"train.batch_size: {local} image per process; BatchNorm needs 2 without train.sync_bn "
+            "(turn it on, or use a larger batch)"
+        )
     return local

@@ -25,8 +25,13 @@ def _version(package: str) -> str:
 
 def software() -> dict[str, str]:
     """Python and the versions of the packages a result depends on."""
-    return {"python": platform.python_version(), "pspnet": __version__, "torch": torch.__version__,
-            **{package: _version(package) for package in PACKAGES}, "torch built for CUDA": torch.version.cuda or "no"}
+    return {
+        "python": platform.python_version(),
+        "pspnet": __version__,
+        "torch": torch.__version__,
+        **{package: _version(package) for package in PACKAGES},
+        "torch built for CUDA": torch.version.cuda or "no",
+    }
 
 
 def _cpu_model() -> str:

@@ -49,12 +49,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         shape = (1, channels) + (1,) * (x_hat.dim() - 2)
         dims = [0] + list(range(2, x_hat.dim()))
         local = torch.cat([grad_y.double().sum(dims), (grad_y.double() * x_hat.double()).sum(dims)])
-        grad_bias, grad_weight = local[:channels].to(weight.dtype), local[channels:].to(weight.dtype)  # this process's share
+        # this process's share
+        grad_bias, grad_weight = local[:channels].to(weight.dtype), local[channels:].to(weight.dtype)
         total = _all_reduce(local.clone())
         sum_dy, sum_dy_xhat = total[:channels], total[channels:]
         count = ctx.count
         grad_x = (weight.double() * invstd.double()).view(shape) * (
-            grad_y.double() - (sum_dy / count).view(shape) - x_hat.double() * (sum_dy_xhat / count).view(shape))
+            grad_y.double() - (sum_dy / count).view(shape) - x_hat.double() * (sum_dy_xhat / count).view(shape)
+        )
         return grad_x.to(grad_y.dtype), grad_weight, grad_bias, None
 
 
@@ -62,8 +64,13 @@ class SyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the batches of every process (CPU, gloo or any backend)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training or not self.affine or not dist.is_available() or not dist.is_initialized()
-                or dist.get_world_size() == 1):
+        if (
+            not self.training
+            or not self.affine
+            or not dist.is_available()
+            or not dist.is_initialized()
+            or dist.get_world_size() == 1
+        ):
             return super().forward(x)
         y, mean, var, count = _SyncBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
         if self.track_running_stats:
@@ -87,7 +94,11 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
             sync.load_state_dict(child.state_dict())
             if child.affine:
                 sync.weight, sync.bias = child.weight, child.bias  # the same parameters (optimizer groups stay valid)
-            sync.running_mean, sync.running_var, sync.num_batches_tracked = child.running_mean, child.running_var, child.num_batches_tracked
+            sync.running_mean, sync.running_var, sync.num_batches_tracked = (
+                child.running_mean,
+                child.running_var,
+                child.num_batches_tracked,
+            )
             sync.train(child.training)
             setattr(module, name, sync)
         else:
