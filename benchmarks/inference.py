@@ -35,7 +35,7 @@ from machine import cpu_name, peak_rss_mb
 from torch.utils.flop_counter import FlopCounterMode
 
 from pspnet import load_model
-from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.checkpoint import open_model, save_checkpoint
 from pspnet.config import Config, load_config
 from pspnet.data.loaders import build_dataset
 from pspnet.deploy.export import export_model
@@ -278,7 +278,7 @@ def demo_checkpoint(args: argparse.Namespace) -> Path:
 
 def demo_model(args: argparse.Namespace) -> None:
     checkpoint = demo_checkpoint(args)
-    config = load_checkpoint(checkpoint)[1]
+    config = open_model(checkpoint).config
     val = build_dataset(config.data, config.data.val_split, train=False)
     size = tuple(config.data.synthetic.image_size)
     print(f"demo model {checkpoint} on the {len(val)} validation scenes ({size[0]}x{size[1]})")

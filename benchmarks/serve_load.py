@@ -100,7 +100,7 @@ def demo_checkpoint(work_dir: Path) -> Path:
         config = load_config(DEMO_CONFIG)
         torch.manual_seed(0)
         model = create_model(config, ContextScenes.classes)
-        save_checkpoint(path, model, config.replace([f"model.num_classes={model.config.num_classes}"]))
+        save_checkpoint(path, model, config.with_num_classes(model.config.num_classes))
     return path
 
 

@@ -65,7 +65,7 @@ def save_tiny_checkpoint(path: Path) -> Path:
     config = Config.from_dict(tiny_config_dict())
     torch.manual_seed(0)
     model = create_model(config, ContextScenes.classes)
-    return save_checkpoint(path, model, config.replace([f"model.num_classes={model.config.num_classes}"]))
+    return save_checkpoint(path, model, config.with_num_classes(model.config.num_classes))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config_dict
 from PIL import Image
 
-from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.checkpoint import open_model, save_checkpoint
 from pspnet.cli import main
 from pspnet.config import Config, DataConfig
 from pspnet.data.formats.cityscapes import cityscapes_classes, label_id_to_train_id, train_id_to_label_id
@@ -115,7 +115,7 @@ def test_predict_cityscapes_format_round_trips(cityscapes_checkpoint, tmp_path):
 
     written = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
     assert written == sorted(f"{frame.split('_')[0]}/{frame}_labelIds.png" for frame in FRAMES)
-    model = load_checkpoint(cityscapes_checkpoint)[0]
+    model = open_model(cityscapes_checkpoint).model
     eval_label_ids = set(train_id_to_label_id()[:19].tolist())
     for frame, image in images.items():
         label_ids = np.array(Image.open(out / frame.split("_")[0] / f"{frame}_labelIds.png"))

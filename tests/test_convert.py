@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pspnet import load_model
-from pspnet.checkpoint import load_checkpoint, read_metadata
+from pspnet.checkpoint import open_model, read_metadata
 from pspnet.checkpoint.reference import convert_state, detect_layout, infer_model_config, load_reference
 from pspnet.cli import main
 from pspnet.data.formats.voc import VOC_NAMES
@@ -450,15 +450,17 @@ def test_missing_file_is_an_error(tmp_path):
 def test_mmseg_meta_gives_names_and_palette(tmp_path):
     meta = {"CLASSES": ("sky", "road ", "car"), "PALETTE": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
     torch.save(mmseg_checkpoint(meta=meta), tmp_path / "m.pth")
-    model, config, info = load_checkpoint(tmp_path / "m.pth")
+    loaded = open_model(tmp_path / "m.pth")
+    model, config = loaded.model, loaded.config
     assert model.classes.names == ("sky", "road", "car") and model.classes.palette[1] == (4, 5, 6)
-    assert info == {"source_format": "mmseg"} and config.data.format == "synthetic"
+    assert loaded.format == "mmseg" and loaded.backend == "torch" and config.data.format == "synthetic"
 
 
 def test_mmseg_1x_dataset_meta_names_a_known_dataset(tmp_path):
     meta = {"dataset_meta": {"classes": VOC_NAMES, "palette": [[i, i, i] for i in range(21)]}}
     torch.save(mmseg_checkpoint(classes=21, meta=meta), tmp_path / "m.pth")
-    model, config, _ = load_checkpoint(tmp_path / "m.pth")
+    loaded = open_model(tmp_path / "m.pth")
+    model, config = loaded.model, loaded.config
     assert model.classes.names == VOC_NAMES and config.data.format == "voc"
     assert config.replace([]).model == config.model  # the inferred config round-trips like any other
 
@@ -495,7 +497,9 @@ def test_convert_writes_native_checkpoint_with_provenance(tmp_path, capsys):
     assert provenance["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert provenance["architecture"]["dilation_style"] == "uniform" and provenance["reinitialised"] == []
 
-    converted, config, _ = load_checkpoint(dest)
+    loaded = open_model(dest)
+    converted, config = loaded.model, loaded.config
+    assert loaded.format == "pspnet"
     original = load_model(source)
     assert converted.classes.names == VOC_NAMES and config.data.format == "voc"
     image = torch.randn(1, 3, 41, 33)
@@ -514,7 +518,8 @@ def test_num_classes_reinitialises_only_the_classifiers(tmp_path, capsys):
     ) in printed
 
     before = load_model(source).state_dict()
-    model, config, meta = load_checkpoint(tmp_path / "k.safetensors")
+    loaded = open_model(tmp_path / "k.safetensors")
+    model, config, meta = loaded.model, loaded.config, loaded.metadata
     after = model.state_dict()
     classifiers = {
         "decode_head.classifier.weight",

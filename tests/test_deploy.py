@@ -18,7 +18,7 @@ from conftest import tiny_config_dict
 from PIL import Image
 
 from pspnet import load_model
-from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.checkpoint import open_model, save_checkpoint
 from pspnet.cli import main
 from pspnet.config import Config, EvalConfig
 from pspnet.data.synthetic import ContextScenes
@@ -101,8 +101,9 @@ def test_onnx_file_describes_itself(exported):
     assert [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim] == ["batch", 3, "height", "width"]
     assert not [t.name for t in proto.graph.initializer if "aux" in t.name]  # training-only head dropped
     # the loaded model has the card, and the stored config
-    model, config, _ = load_checkpoint(onnx_path)
-    assert model.card == card and config.model.encoder == "resnet18_deepstem"
+    loaded = open_model(onnx_path)
+    assert loaded.card == card and loaded.config.model.encoder == "resnet18_deepstem"
+    assert (loaded.format, loaded.backend) == ("onnx", "onnxruntime")
 
 
 def test_every_protocol_runs_on_onnx_unchanged(exported):

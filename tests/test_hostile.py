@@ -114,7 +114,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Config]:
     config = Config.from_dict(tiny_config_dict())
     torch.manual_seed(0)
     model = create_model(config, ContextScenes.classes)
-    config = config.replace([f"model.num_classes={model.config.num_classes}"])
+    config = config.with_num_classes(model.config.num_classes)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", model, config), config
 
 

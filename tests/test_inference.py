@@ -344,8 +344,8 @@ def test_protocol_flag_replaces_the_stored_settings_and_flags_change_it(checkpoi
 def test_predict_flags_and_set_protocol_reach_the_settings(checkpoint, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_predict_files(model, inputs, out, settings, progress, output_format, skip_existing, options, distributed):
-        seen.update(settings=settings, output_format=output_format)
+    def fake_predict_files(loaded, inputs, out, progress, output_format, skip_existing, options, distributed):
+        seen.update(settings=loaded.config.eval, output_format=output_format)
         return PredictionReport()
 
     monkeypatch.setattr("pspnet.jobs.predict_files.predict_files", fake_predict_files)

@@ -202,10 +202,14 @@ def test_messages_suggest_our_names_and_evaluate_takes_a_run_directory(tmp_path,
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["inputs"] == {
         "checkpoint": str(tmp_path / "run/checkpoints/best.safetensors"),
+        "format": "pspnet",
+        "backend": "torch",
         "dataset": "synthetic",
         "root": None,
         "split": "val",
         "images": 4,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
     }
     assert result["eval_config"]["mode"] == "whole"
 

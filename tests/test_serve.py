@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 from conftest import save_tiny_checkpoint
 from PIL import Image
 
-from pspnet.checkpoint import load_checkpoint
+from pspnet.checkpoint import open_model
 from pspnet.cli import main
 from pspnet.data.synthetic import ContextScenes
 from pspnet.inference.predict import predict_image
@@ -56,8 +57,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(checkpoint):
-    model, config, _ = load_checkpoint(checkpoint)
-    return model, config
+    return open_model(checkpoint)
 
 
 def started(app) -> TestClient:
@@ -72,7 +72,7 @@ def started(app) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(loaded, checkpoint):
-    client = started(create_app(*loaded, checkpoint))
+    client = started(create_app(loaded))
     yield client
     client.__exit__(None, None, None)
 
@@ -98,7 +98,6 @@ def label_of(png: bytes) -> np.ndarray:
 
 
 def test_health_readiness_model_card_metrics_and_page(client, loaded):
-    model, _ = loaded
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     card = client.get("/v1/model").json()
@@ -111,6 +110,7 @@ def test_health_readiness_model_card_metrics_and_page(client, loaded):
         "cpu",
     )
     assert card["protocol"] == "whole image, scales [1], no flip" and card["checkpoint"] == "model.safetensors"
+    assert (card["format"], card["mean"], card["std"]) == ("pspnet", list(loaded.card.mean), list(loaded.card.std))
     assert card["limits"] == {
         "max_upload_bytes": 20 * 2**20,
         "max_pixels": 40_000_000,
@@ -187,7 +187,7 @@ def photo_with_orientation(orientation: int) -> bytes:
 def test_image_kinds_are_converted_as_predict_converts_them(client, loaded, name, data):
     data = data()
     result = post_raw(client, data, "image/jpeg" if "jpeg" in name or "exif" in name else "image/png").json()
-    expected = predict_image(loaded[0], Image.open(io.BytesIO(data)))  # the library's route: EXIF applied
+    expected = predict_image(loaded.model, Image.open(io.BytesIO(data)))  # the library's route: EXIF applied
     assert np.array_equal(label_of(base64.b64decode(result["label_png"])), expected)
     turned = name == "exif orientation"
     assert (result["height"], result["width"]) == (SIZE[::-1] if turned else SIZE)
@@ -206,7 +206,7 @@ def png_header(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def limited(loaded, checkpoint):
     """A server with a 64 KiB upload limit and a 10 000 pixel cap."""
-    client = started(create_app(*loaded, checkpoint, ServeOptions(max_upload_bytes=64 * 2**10, max_pixels=10_000)))
+    client = started(create_app(loaded, ServeOptions(max_upload_bytes=64 * 2**10, max_pixels=10_000)))
     yield client
     client.__exit__(None, None, None)
 
@@ -301,14 +301,14 @@ def drive(app, body_chunks, headers=()) -> tuple[int, int]:
 
 
 def test_an_oversized_body_is_not_read_past_the_limit(loaded, checkpoint):
-    app = create_app(*loaded, checkpoint, ServeOptions(max_upload_bytes=10_000))
+    app = create_app(loaded, ServeOptions(max_upload_bytes=10_000))
     chunks = [bytes(1000)] * 1000  # 1 MB sent in 1 kB pieces, without a Content-Length
     assert drive(app, chunks) == (413, 11)  # refused at the first byte over the limit
     assert drive(app, chunks, [(b"content-length", b"1000000")]) == (413, 0)  # refused from the header alone
 
 
 def test_slow_and_vanishing_uploads_give_their_place_back(loaded, checkpoint):
-    app = create_app(*loaded, checkpoint, ServeOptions(queue_size=0, upload_seconds=0.2))
+    app = create_app(loaded, ServeOptions(queue_size=0, upload_seconds=0.2))
     assert drive(app, [bytes(100), "slow"]) == (408, 2)
     assert drive(app, [bytes(100), None]) == (400, 2)
     assert app.state.worker.depth == 0  # both places are free again
@@ -351,8 +351,8 @@ def wait_until(condition, what: str, seconds: float = 60) -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after(loaded, checkpoint):
-    model = GatedModel(loaded[0])
-    app = create_app(model, loaded[1], checkpoint, ServeOptions(queue_size=1))  # one running, one waiting
+    model = GatedModel(loaded.model)
+    app = create_app(dataclasses.replace(loaded, model=model), ServeOptions(queue_size=1))  # one running, one waiting
     client = started(app)
     try:
         assert model.entered.acquire(timeout=1)  # the warm-up's call
@@ -378,8 +378,8 @@ def test_a_full_queue_answers_503_with_retry_after(loaded, checkpoint):
 
 
 def test_concurrent_requests_reach_the_model_one_at_a_time_on_one_thread(loaded, checkpoint):
-    model = GatedModel(loaded[0])
-    client = started(create_app(model, loaded[1], checkpoint, ServeOptions(queue_size=8)))
+    model = GatedModel(loaded.model)
+    client = started(create_app(dataclasses.replace(loaded, model=model), ServeOptions(queue_size=8)))
     try:
         data = [encoded(scene(index)) for index in range(6)]
         threads = [in_thread(lambda item=item: post_raw(client, item)) for item in data]
@@ -389,7 +389,7 @@ def test_concurrent_requests_reach_the_model_one_at_a_time_on_one_thread(loaded,
         assert [answer.status_code for answer in answers] == [200] * 6
         assert len(model.threads) == 1 and model.most_active == 1
         for item, answer in zip(data, answers):  # each answer is its own image's
-            expected = predict_image(loaded[0], Image.open(io.BytesIO(item)))
+            expected = predict_image(loaded.model, Image.open(io.BytesIO(item)))
             assert np.array_equal(label_of(base64.b64decode(answer.json()["label_png"])), expected)
     finally:
         client.__exit__(None, None, None)
@@ -409,7 +409,7 @@ class FailingModel:
 
 
 def test_a_failing_model_fails_one_request_not_the_server(loaded, checkpoint):
-    client = started(create_app(FailingModel(loaded[0]), loaded[1], checkpoint))
+    client = started(create_app(dataclasses.replace(loaded, model=FailingModel(loaded.model))))
     try:
         failed = post_raw(client, encoded(scene()))
         assert (

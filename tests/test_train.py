@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config_dict
 
 from pspnet import load_model
-from pspnet.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.checkpoint import open_model, save_checkpoint
 from pspnet.config import Config
 from pspnet.data.loaders import TrainStream
 from pspnet.errors import CheckpointError, ConfigError, DataError
@@ -85,7 +85,7 @@ def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
     crashing.callbacks.append(crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.train()
-    assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.safetensors")[2]["iteration"] == 2
+    assert open_model(tmp_path / "crashed" / "checkpoints" / "last.safetensors").iteration == 2
 
     resumed = Trainer(cfg, tmp_path / "crashed", resume=True, progress=False)
     assert resumed.iteration == 2
@@ -215,7 +215,7 @@ def test_bad_file_stops_run_naming_it_and_keeps_checkpoints(tmp_path, workers):
         trainer.train()
     assert str(error.value) == f"cannot read image /data/images/{bad_index:05d}.png: broken PNG"  # no worker traceback
     assert good_iterations and good_iterations[-1] < 40
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[2]
+    saved = open_model(tmp_path / "run" / "checkpoints" / "last.safetensors").metadata
     assert saved["iteration"] == good_iterations[-1]  # the last good checkpoint, intact
 
 

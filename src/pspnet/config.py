@@ -496,9 +496,62 @@ class Config:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
         return _build(cls, data, prefix="", source=source)
 
+    def with_num_classes(self, num_classes: int) -> Config:
+        """This config with `model.num_classes` set (e.g. from the dataset)."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, num_classes=num_classes))
+
     def replace(self, overrides: list[str] | None = None) -> Config:
         """A new config with `key=value` overrides applied (type-checked)."""
         return Config.from_dict(apply_overrides(self.to_dict(), overrides or []), source="--set")
+
+
+INFERENCE_SETTINGS = (
+    "mode",
+    "crop_size",
+    "stride",
+    "base_size",
+    "resize",
+    "scales",
+    "flip",
+    "window_batch",
+    "max_pixels",
+    "absent",
+)
+"""The `eval` settings an inference request may set besides `protocol` (`with_inference_settings`)."""
+
+
+def with_inference_settings(
+    config: Config, settings: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """`config` with an inference request applied, in the one order the CLI, the server and Python callers share.
+
+    1. `settings["protocol"]` (a name of `EvalConfig.PROTOCOLS`) brings all of that preset's settings, replacing
+       those `config` holds (e.g. the ones stored in a checkpoint);
+    2. the other entries of `settings` (keys of `INFERENCE_SETTINGS`) change parts of it; None means "not given",
+       and a `crop_size` or `stride` of one int (or a one-element list) is square;
+    3. `overrides`, `key=value` items as for `--set`, in their order; `eval.protocol=NAME` among them applies
+       that preset at its place.
+    """
+    settings = dict(settings or {})
+    protocol = settings.pop("protocol", None)
+    unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown inference settings {unknown}; expected protocol or {', '.join(INFERENCE_SETTINGS)}")
+    for key in ("crop_size", "stride"):
+        value = settings.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            settings[key] = [value, value]
+        elif isinstance(value, (list, tuple)) and len(value) == 1:
+            settings[key] = [value[0], value[0]]
+    eval_config = config.eval.with_protocol(protocol) if protocol else config.eval
+    config = dataclasses.replace(config, eval=eval_config.updated(**settings))
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if key.strip() == "eval.protocol":
+            config = dataclasses.replace(config, eval=config.eval.with_protocol(yaml.safe_load(raw)))
+        else:
+            config = config.replace([item])
+    return config
 
 
 def _check(ok: bool, key: str, expected: str, value: Any) -> None:

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import DEVICE_PATTERN, Config, EvalConfig
-
-PROTOCOL_FLAGS = (
-    "mode",
-    "crop_size",
-    "stride",
-    "base_size",
-    "resize",
-    "scales",
-    "flip",
-    "window_batch",
-    "max_pixels",
-    "absent",
-)
+from ..config import DEVICE_PATTERN, INFERENCE_SETTINGS, EvalConfig
 
 
 def add_set(parser: argparse.ArgumentParser) -> None:
@@ -110,65 +96,43 @@ def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """`--set`, `--device`, `--backend`, `--threads` and the protocol flags: what `load_for_inference` reads."""
+    """`--set`, `--device`, `--backend`, `--threads`, `--normalization` and the protocol flags: what `load_for_inference` reads."""
     add_set(parser)
     add_device(parser)
     add_backend(parser)
+    parser.add_argument(
+        "--normalization",
+        choices=["card", "config"],
+        default="card",
+        help="input mean/std: the checkpoint's, as it was trained (default; a config that sets other values is an "
+        "error), or deliberately the config's data.mean/std",
+    )
     add_protocol_flags(parser)
 
 
-def _square(value: list[int] | None) -> list[int] | None:
-    return value * 2 if value is not None and len(value) == 1 else value
+def protocol_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference settings the protocol flags of `args` give (None: not given), for `with_inference_settings`."""
+    return {"protocol": args.protocol, **{key: getattr(args, key, None) for key in INFERENCE_SETTINGS}}
 
 
-def inference_config(config: Config, args: argparse.Namespace) -> Config:
-    """`config` with the protocol flags and `--set` items of `args` applied, in that order.
-
-    A protocol (`--protocol` or `--set eval.protocol=NAME`) brings all its settings, so it replaces
-    those stored in the checkpoint; flags and `--set` items after it change parts of it.
-    """
-    eval_config = config.eval.with_protocol(args.protocol) if args.protocol else config.eval
-    flags: dict[str, Any] = {key: getattr(args, key, None) for key in PROTOCOL_FLAGS}
-    flags["crop_size"], flags["stride"] = _square(flags["crop_size"]), _square(flags["stride"])
-    config = Config(model=config.model, data=config.data, train=config.train, eval=eval_config.updated(**flags))
-    for item in args.overrides:
-        key, _, raw = item.partition("=")
-        if key.strip() == "eval.protocol":
-            config = Config(
-                model=config.model,
-                data=config.data,
-                train=config.train,
-                eval=config.eval.with_protocol(yaml.safe_load(raw)),
-            )
-        else:
-            config = config.replace([item])
-    return config
-
-
-def load_for_inference(args: argparse.Namespace, context):
-    """Model (on `--backend` and this process's device, with `--threads`), the effective config and the model
-    file: the file's config (or `--config`'s data and eval sections), then the protocol flags and `--set` items.
-    A run directory stands for its best (else last) checkpoint; an ONNX file from `pspnet export` runs on
-    onnxruntime, on the CPU."""
+def load_for_inference(args: argparse.Namespace, device: str):
+    """The `LoadedModel` of `args.checkpoint` on `--backend`, `device` and `--threads`, under the effective config:
+    the file's own (or `--config`'s data and eval sections), then the protocol flags, then `--set` items. A run
+    directory stands for its best (else last) checkpoint; an ONNX file from `pspnet export` runs on onnxruntime,
+    on the CPU. The input normalisation is the checkpoint's (see `LoadedModel.with_config`)."""
     # heavy (torch, timm): only when a command runs
-    import torch
-
-    from ..checkpoint import load_checkpoint
-    from ..config import load_config
-    from ..errors import ConfigError
+    from ..checkpoint import open_model
+    from ..config import load_config, with_inference_settings
     from ..training.run_dir import RunDirectory
 
-    checkpoint = RunDirectory(args.checkpoint).checkpoint() if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
-    model, config, _ = load_checkpoint(checkpoint, args.backend, args.threads)
+    path = Path(args.checkpoint)
+    checkpoint = RunDirectory(path).checkpoint() if path.is_dir() else path
+    loaded = open_model(checkpoint, args.backend, args.threads)
+    if loaded.backend != "onnxruntime" or args.device != "auto":
+        loaded = loaded.to(device)
+    config, source = loaded.config, "the checkpoint's config"
     if getattr(args, "config", None):
         other = load_config(args.config)
-        config = Config(model=config.model, data=other.data, train=config.train, eval=other.eval)
-    config = inference_config(config, args)
-    if isinstance(model, torch.nn.Module):
-        return model.to(context.device), config, checkpoint
-    if args.device not in ("auto", "cpu"):
-        raise ConfigError(
-            f"{checkpoint} is an ONNX file: it runs on the CPU (onnxruntime); --device {args.device} "
-            "applies to PyTorch checkpoints"
-        )
-    return model, config, checkpoint
+        config, source = dataclasses.replace(config, data=other.data, eval=other.eval), str(args.config)
+    config = with_inference_settings(config, protocol_settings(args), args.overrides)
+    return loaded.with_config(config, getattr(args, "normalization", "card"), source)

@@ -22,7 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Per-class IoU, mIoU, mAcc and aAcc of CHECKPOINT on a dataset split.",
     )
     evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    evaluate.add_argument("--config", help="take the data and eval sections from this YAML instead of the checkpoint's")
+    evaluate.add_argument(
+        "--config",
+        help="take the data and eval sections from this YAML instead of the checkpoint's; the input normalisation stays the checkpoint's (see --normalization)",
+    )
     evaluate.add_argument("--split", help="split to evaluate (default: the config's val split)")
     evaluate.add_argument(
         "--out",
@@ -118,28 +121,33 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     from ..system.distributed import agree
 
     def prepare():
-        model, config, checkpoint = load_for_inference(args, context)
-        split = args.split or config.data.val_split
-        return model, config, checkpoint, split, split_dataset(model, config, split)
+        loaded = load_for_inference(args, context.device)
+        split = args.split or loaded.config.data.val_split
+        return loaded, split, split_dataset(loaded, split)
 
-    model, config, checkpoint, split, dataset = agree(context, prepare)
-    scores = ImageScores(model.card.num_classes) if args.report else None
-    metrics = evaluate_split(model, dataset, config, progress=not args.quiet, distributed=context, observe=scores)
+    loaded, split, dataset = agree(context, prepare)
+    config, checkpoint = loaded.config, loaded.path
+    scores = ImageScores(loaded.card.num_classes) if args.report else None
+    metrics = evaluate_split(loaded, dataset, progress=not args.quiet, distributed=context, observe=scores)
     if scores is not None:
         scores.gather(context)
     if not context.is_main:
         return 0
     protocol = config.eval.describe()
-    names = model.card.classes.names
+    names = loaded.card.classes.names
     print(format_table(metrics, names, title=f"{checkpoint} on {config.data.format}/{split}", protocol=protocol))
     out = Path(args.out) if args.out else checkpoint.with_suffix(f".eval-{split}.json")
     result = metrics_to_dict(metrics, names, protocol=protocol)
     result["inputs"] = {
         "checkpoint": str(checkpoint),
+        "format": loaded.format,
+        "backend": loaded.backend,
         "dataset": config.data.format,
         "root": config.data.root,
         "split": split,
         "images": len(dataset),
+        "mean": list(loaded.card.mean),
+        "std": list(loaded.card.std),
     }
     result["eval_config"] = dataclasses.asdict(config.eval)
     write_json(out, result)
@@ -153,7 +161,7 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     if args.report:
         from ..training.run_report import write_report  # heavy (matplotlib): only for the report
 
-        print(f"report: {write_report(args.report, model, config, checkpoint, split, metrics, scores, dataset)}")
+        print(f"report: {write_report(args.report, loaded, split, metrics, scores, dataset)}")
     return 0
 
 
@@ -179,19 +187,19 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..system import distributed  # heavy (torch): only when the command runs
 
     with distributed.session(args.device) as context:
-        model, config, _ = distributed.agree(context, lambda: load_for_inference(args, context))
+        loaded = distributed.agree(context, lambda: load_for_inference(args, context.device))
         options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
         report = predict_files(
-            model,
+            loaded,
             args.inputs,
             args.out,
-            config.eval,
             progress=not args.quiet,
             output_format=args.output_format,
             skip_existing=args.skip_existing,
             options=options,
             distributed=context,
         )
+    config = loaded.config
     if not context.is_main:
         return 1 if report.failed else 0
     written = len(report.written)

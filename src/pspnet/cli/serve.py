@@ -52,7 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..system.device import resolve_device  # heavy (torch): only when the command runs
-    from ..system.distributed import Distributed
 
     try:  # heavy and optional (fastapi, uvicorn): only when the command runs
         from ..serve.app import ServeOptions, create_app, default_pixel_cap, run
@@ -60,15 +59,16 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{exc.name} is not installed; pspnet serve needs the serve extra: pip install 'pspnet[serve]'"
         ) from None
-    model, config, checkpoint = load_for_inference(args, Distributed(device=resolve_device(args.device)))
+    loaded = load_for_inference(args, resolve_device(args.device))
+    config = loaded.config
     options = ServeOptions(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=default_pixel_cap(config.eval),
         queue_size=args.queue_size,
     )
-    app = create_app(model, config, checkpoint, options)
+    app = create_app(loaded, options)
     print(
-        f"serving {checkpoint} on http://{args.host}:{args.port}/ (API: POST /v1/segment; protocol: "
+        f"serving {loaded.path} on http://{args.host}:{args.port}/ (API: POST /v1/segment; protocol: "
         f"{config.eval.describe()}; uploads up to {args.max_upload_mb:g} MB and {options.max_pixels / 1e6:g} M pixels)",
         flush=True,
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_pytorch_checkpoint
+from ..checkpoint import LoadedModel, open_model
 from ..config import Config, load_config
 from ..errors import ConfigError, ExportError
 from ..io.files import atomic_path
@@ -59,7 +59,7 @@ class ExportReport:
 
 
 def export_model(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     out: str | Path,
     format: str = "onnx",
     opset: int | None = None,
@@ -80,13 +80,21 @@ def export_model(
     if calibration_images < 1:
         raise ConfigError(f"--calibration-images: expected a positive int, got {calibration_images}")
     _check_writable(out)
-    model, config, dropped = inference_model(checkpoint)
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else open_model(checkpoint, pytorch_only=True)
+    if not isinstance(loaded.model, PSPNet):
+        raise ConfigError(f"{loaded.path}: export needs a PyTorch checkpoint on the fp32 torch backend")
+    if format == "onnx-int8":  # its images are normalised as the model's card says
+        source = calibration if isinstance(calibration, (str, Path)) else "the calibration config"
+        calibration = load_config(calibration) if isinstance(calibration, (str, Path)) else calibration
+        calibration = loaded.with_config(calibration or loaded.config, source=str(source)).config
+    model, dropped = inference_model(loaded.model)
+    config = loaded.config
     size = tuple(size or config.data.augment.crop_size)
     metadata = export_metadata(
         model.card,
         config,
-        source=Path(checkpoint).name,
-        source_sha256=file_sha256(checkpoint),
+        source=loaded.path.name,
+        source_sha256=file_sha256(loaded.path),
         precision="int8" if format == "onnx-int8" else "fp32",
     )
     report = ExportReport(out, format, size, dropped)
@@ -96,19 +104,17 @@ def export_model(
         elif format == "pt2":
             report.checks = _write_pt2(model, size, metadata, tmp)
         else:
-            calibration = load_config(calibration) if isinstance(calibration, (str, Path)) else calibration or config
             _write_int8(model, size, opset, metadata, tmp, calibration, calibration_images, min_agreement, report)
         report.file_bytes = tmp.stat().st_size
     return report
 
 
-def inference_model(checkpoint: str | Path) -> tuple[PSPNet, Config, list[str]]:
-    """The checkpoint's model without its training-only heads, its config and the names of the dropped heads."""
-    model, config, _ = load_pytorch_checkpoint(checkpoint)
+def inference_model(model: PSPNet) -> tuple[PSPNet, list[str]]:
+    """`model` without its training-only heads (removed in place) and the names of the dropped heads."""
     dropped = [name for name in ("aux_head", "cls_head") if getattr(model, name) is not None]
     for name in dropped:
         setattr(model, name, None)
-    return model, config, dropped
+    return model, dropped
 
 
 def _check_writable(out: Path) -> None:

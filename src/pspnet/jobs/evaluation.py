@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config, EvalConfig
+from ..checkpoint import LoadedModel
+from ..classes import ClassInfo
+from ..config import EvalConfig
 from ..data.base import SegmentationDataset
 from ..data.loaders import SkipLog, build_dataset, build_eval_loader, iterate
 from ..errors import ConfigError, DataError
-from ..inference.predict import evaluation_mode, model_device
+from ..inference.predict import evaluation_mode
 from ..inference.protocol import Inferencer, forward_passes, scaled_size, upsampling_factor
 from ..metrics import ConfusionMatrix, SegmentationMetrics
 from ..system.distributed import Distributed, all_reduce_sum, check_all, gather
@@ -103,31 +105,45 @@ def evaluate(
     return confusion.compute(absent=settings.absent)
 
 
-def split_dataset(model: Callable[[torch.Tensor], torch.Tensor], config: Config, split: str) -> SegmentationDataset:
-    """The evaluation dataset of `split` (images over the protocol's pixel cap refused); ConfigError when
-    its classes are not the model's."""
+def split_dataset(loaded: LoadedModel, split: str) -> SegmentationDataset:
+    """The evaluation dataset of `split` under `loaded.config` (its data section, normalised with the model's card;
+    images over the protocol's pixel cap refused); ConfigError when its classes are not the model's."""
+    config, card = loaded.config, loaded.card
     dataset = build_dataset(config.data, split, train=False, max_pixels=config.eval.pixel_cap())
-    if dataset.classes.num_classes != model.card.num_classes:
-        raise ConfigError(
-            f"the checkpoint predicts {model.card.num_classes} classes but split '{split}' has "
-            f"{dataset.classes.num_classes}"
-        )
+    check_classes(card.classes, dataset.classes, f"{loaded.path}", f"split '{split}' of {config.data.format}")
     return dataset
 
 
+def check_classes(model: ClassInfo, data: ClassInfo, model_source: str, data_source: str) -> None:
+    """ConfigError when a dataset's classes are not the model's: another count, or other names (placeholder
+    names `class_N` on either side match any)."""
+    if data.num_classes != model.num_classes:
+        raise ConfigError(
+            f"{model_source} predicts {model.num_classes} classes but {data_source} has {data.num_classes}"
+        )
+    generic = ClassInfo.generic(model.num_classes).names
+    if generic in (model.names, data.names) or model.names == data.names:
+        return
+    index = next(i for i, (ours, theirs) in enumerate(zip(model.names, data.names)) if ours != theirs)
+    raise ConfigError(
+        f"{model_source} and {data_source} name their classes differently: class {index} is "
+        f"'{model.names[index]}' in the checkpoint but '{data.names[index]}' in the dataset (checkpoint: "
+        f"{', '.join(model.names)}; dataset: {', '.join(data.names)})"
+    )
+
+
 def evaluate_split(
-    model: Callable[[torch.Tensor], torch.Tensor],
+    loaded: LoadedModel,
     dataset: SegmentationDataset,
-    config: Config,
     progress: bool = True,
     distributed: Distributed | None = None,
     observe: Callable[[dict, torch.Tensor], None] | None = None,
 ) -> SegmentationMetrics:
-    """Metrics of `model` (on its device) over `dataset` under `config.eval`, each process evaluating its
+    """Metrics of `loaded` (on its device) over `dataset` under `loaded.config.eval`, each process evaluating its
     share; first a warning with the cost when the protocol would enlarge the images more than
     `UPSAMPLING_WARNING` times."""
     distributed = distributed or Distributed()
-    device = model_device(model)
+    model, config, device = loaded.model, loaded.config, loaded.device
     first = dataset[0] if len(dataset) and distributed.is_main else {}
     if "image" in first:  # a bad first file is reported by the evaluation itself
         height, width = first["image"].shape[-2:]
@@ -138,7 +154,7 @@ def evaluate_split(
         dataset, config.data, config.eval.batch_size, device, distributed.rank, distributed.world_size
     )
     return evaluate(
-        model, loader, model.card.num_classes, config.eval, device, progress, distributed=distributed, observe=observe
+        model, loader, loaded.card.num_classes, config.eval, device, progress, distributed=distributed, observe=observe
     )
 
 

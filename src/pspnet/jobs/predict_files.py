@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoint import LoadedModel
 from ..classes import IGNORE_INDEX, ClassInfo
-from ..config import EvalConfig
 from ..data.formats.cityscapes import cityscapes_classes, train_id_to_label_id
 from ..errors import ConfigError, DataError
 from ..inference.predict import predict_array, predict_probabilities
@@ -173,17 +173,17 @@ def _check_cityscapes_model(model: torch.nn.Module) -> None:
 
 
 def predict_files(
-    model: torch.nn.Module,
+    loaded: LoadedModel,
     inputs: list[str | Path],
     out_dir: str | Path,
-    settings: EvalConfig | None = None,
     progress: bool = True,
     output_format: str = "pspnet",
     skip_existing: bool = False,
     options: OutputOptions = OutputOptions(),
     distributed: Distributed | None = None,
 ) -> PredictionReport:
-    """Segment every input image and video and write the results in `output_format`:
+    """Segment every input image and video with `loaded` under its protocol (`loaded.config.eval`) and write
+    the results in `output_format`:
 
     * `pspnet`: for an image `labels/` (palette PNG, value = class id), `color/`, `overlay/` and what
       `options` add (`confidence/`, `probabilities/`); for a video `NAME.overlay.mp4` (and, with
@@ -199,6 +199,7 @@ def predict_files(
     process returns the report of the whole job.
     """
     distributed = distributed or Distributed()
+    model, settings = loaded.model, loaded.config.eval
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
@@ -210,7 +211,6 @@ def predict_files(
             raise ConfigError(f"the cityscapes output format holds label files of images only; {what}")
     if videos:
         import_av()
-    settings = settings or EvalConfig()
     out_dir = Path(out_dir)
     if distributed.is_main:  # before any process writes (check_all is the barrier)
         remove_stale_temp_files(out_dir)

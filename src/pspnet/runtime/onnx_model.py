@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config, EvalConfig
+from ..config import EvalConfig
 from ..errors import CheckpointError, DataError
 from ..inference.predict import predict_image
 from .metadata import read_export_metadata
@@ -76,9 +76,3 @@ class OnnxModel:
     def predict(self, image: Any, settings: EvalConfig | None = None) -> np.ndarray:
         """Label map (H, W) uint8 of one image, as `PSPNet.predict`."""
         return predict_image(self, image, settings)
-
-
-def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxModel, Config, dict[str, str]]:
-    """The ONNX model, the config stored in it and its metadata entries."""
-    model = OnnxModel(path, threads)
-    return model, model.config, model.metadata

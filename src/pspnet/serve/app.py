@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,10 +24,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from ..checkpoint.load import backend_name
-from ..config import Config, EvalConfig
+from ..checkpoint import LoadedModel
+from ..config import EvalConfig
 from ..errors import ConfigError, ImageTooLargeError, NotAnImageError, PSPNetError
-from ..inference.predict import model_device, predict_array
+from ..inference.predict import predict_array
 from .metrics import MetricsMiddleware, ServeMetrics
 from .segment import Segmentation, segment_upload
 from .worker import InferenceWorker, QueueFull
@@ -80,18 +79,21 @@ def default_pixel_cap(settings: EvalConfig) -> int:
     return settings.max_pixels if settings.max_pixels is not None else min(MAX_PIXELS, settings.pixel_cap())
 
 
-def model_description(model: Any, config: Config, checkpoint: str | Path, options: ServeOptions) -> dict[str, Any]:
+def model_description(loaded: LoadedModel, options: ServeOptions) -> dict[str, Any]:
     """What `GET /v1/model` answers: the model card, how the model runs, and the server's limits."""
-    card = model.card
+    card, config = loaded.card, loaded.config
     return {
-        "checkpoint": Path(checkpoint).name,
+        "checkpoint": loaded.path.name,
+        "format": loaded.format,
         "encoder": config.model.encoder,
         "classes": list(card.classes.names),
         "palette": [list(colour) for colour in card.classes.palette],
         "in_channels": card.in_channels,
+        "mean": list(card.mean),
+        "std": list(card.std),
         "protocol": config.eval.describe(),
-        "backend": backend_name(model),
-        "device": str(model_device(model)),
+        "backend": loaded.backend,
+        "device": str(loaded.device),
         "limits": asdict(options),
     }
 
@@ -150,13 +152,13 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(model: Any, config: Config, checkpoint: str | Path, options: ServeOptions | None = None) -> FastAPI:
-    """The app serving `model` (loaded with its `config`, from `checkpoint`) within `options`' limits."""
+def create_app(loaded: LoadedModel, options: ServeOptions | None = None) -> FastAPI:
+    """The app serving `loaded` under its protocol (`loaded.config.eval`) within `options`' limits."""
     options = options or ServeOptions()
-    settings = config.eval
+    model, settings = loaded.model, loaded.config.eval
     worker = InferenceWorker(options.queue_size + 1)
     metrics = ServeMetrics(lambda: worker.depth, worker.capacity)
-    description = model_description(model, config, checkpoint, options)
+    description = model_description(loaded, options)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     warm_up_image = np.full((WARM_UP_SIZE, WARM_UP_SIZE, model.card.in_channels), 128, np.uint8)
 

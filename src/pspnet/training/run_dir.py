@@ -103,7 +103,7 @@ class RunDirectory:
         run cannot be resumed with it."""
         saved = self.saved_config()
         if config.model.num_classes is None:
-            config = config.replace([f"model.num_classes={saved.model.num_classes}"])
+            config = config.with_num_classes(saved.model.num_classes)
         changed = sorted(k for k in diff_keys(saved.to_dict(), config.to_dict()) if k not in RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(

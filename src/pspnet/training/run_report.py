@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import load_checkpoint, read_metadata
-from ..checkpoint.native import is_native
-from ..config import Config, dump_yaml
+from ..checkpoint import LoadedModel, open_model
+from ..config import dump_yaml
 from ..data.base import SegmentationDataset
 from ..errors import CheckpointError
-from ..inference.predict import model_device, tensor_to_image
+from ..inference.predict import evaluation_mode, tensor_to_image
 from ..inference.protocol import Inferencer
 from ..io.files import atomic_path
-from ..io.weights import is_safetensors
 from ..jobs.evaluation import ImageScores, Validation, evaluate_split, split_dataset
 from ..metrics import SegmentationMetrics
 from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking, render_report, select_samples
@@ -34,48 +30,37 @@ DEFAULT_SAMPLES = 8
 
 
 def draw_samples(
-    model: torch.nn.Module,
-    dataset: SegmentationDataset,
-    config: Config,
-    scores: ImageScores,
-    count: int = DEFAULT_SAMPLES,
+    loaded: LoadedModel, dataset: SegmentationDataset, scores: ImageScores, count: int = DEFAULT_SAMPLES
 ) -> list[SamplePrediction]:
     """The predictions of the `count` images `select_samples` picks from `scores` (in dataset order),
-    computed again under `config.eval`, with the images as the model saw them."""
-    model.eval()
-    inferencer = Inferencer(model, config.eval)
+    computed again under `loaded.config.eval`, with the images as the model saw them."""
+    card = loaded.card
+    inferencer = Inferencer(loaded.model, loaded.config.eval)
     rank = {index: position + 1 for position, index in enumerate(ranking(scores.miou))}
     samples = []
-    for index in select_samples(scores.miou, count):
-        item = dataset[index]
-        labels = inferencer.labels(item["image"][None].to(model_device(model)))[0].cpu().numpy()
-        image = displayable(tensor_to_image(item["image"], config.data.mean, config.data.std))
-        samples.append(
-            SamplePrediction(item["name"], image, item["mask"].numpy(), labels, scores.miou[index], rank[index])
-        )
+    with evaluation_mode(loaded.model):
+        for index in select_samples(scores.miou, count):
+            item = dataset[index]
+            labels = inferencer.labels(item["image"][None].to(loaded.device))[0].cpu().numpy()
+            image = displayable(tensor_to_image(item["image"], card.mean, card.std))
+            samples.append(
+                SamplePrediction(item["name"], image, item["mask"].numpy(), labels, scores.miou[index], rank[index])
+            )
     return samples
-
-
-def _saved_iteration(checkpoint: Path) -> int | None:
-    """The iteration a native checkpoint was saved at (None for other files)."""
-    if not (is_safetensors(checkpoint) and is_native(checkpoint)):
-        return None
-    return read_metadata(checkpoint).get("iteration")
 
 
 def write_report(
     out: str | Path,
-    model: torch.nn.Module,
-    config: Config,
-    checkpoint: Path,
+    loaded: LoadedModel,
     split: str,
     metrics: SegmentationMetrics,
     scores: ImageScores,
     dataset: SegmentationDataset,
     samples: int = DEFAULT_SAMPLES,
 ) -> Path:
-    """Write the report of an evaluation of `checkpoint` on `split` (with the record, logs and curves of
-    the run directory the checkpoint lies in, if any) to `out`, atomically."""
+    """Write the report of an evaluation of `loaded` on `split` (with the record, logs and curves of the run
+    directory its file lies in, if any) to `out`, atomically."""
+    checkpoint, config = loaded.path, loaded.config
     run = RunDirectory.holding(checkpoint)
     record = (
         None
@@ -84,10 +69,10 @@ def write_report(
     )
     evaluation = EvaluationRecord(
         metrics,
-        model.card.classes,
+        loaded.card.classes,
         config.eval.describe(),
         str(checkpoint),
-        _saved_iteration(checkpoint),
+        loaded.iteration,
         f"{config.data.format}/{split}",
         len(dataset),
     )
@@ -96,8 +81,8 @@ def write_report(
         run.config_path.read_text() if run else dump_yaml(config),
         record,
         evaluation,
-        draw_samples(model, dataset, config, scores, samples),
-        model.card.classes,
+        draw_samples(loaded, dataset, scores, samples),
+        loaded.card.classes,
     )
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
@@ -119,14 +104,13 @@ def report_run(
     run = RunDirectory(run_dir)
     if not run.config_path.is_file():
         raise CheckpointError(f"{run.path} is not a run directory ({run.config_path.name} is missing)")
-    checkpoint = run.checkpoint()
-    model, config, meta = load_checkpoint(checkpoint)
-    model.to(resolve_device(device))
-    split = split or config.data.val_split
-    dataset = split_dataset(model, config, split)
-    if validation is not None and validation.iteration == meta.get("iteration") and split == config.data.val_split:
+    loaded = open_model(run.checkpoint(), device=resolve_device(device))
+    loaded = loaded.with_config(loaded.config)
+    split = split or loaded.config.data.val_split
+    dataset = split_dataset(loaded, split)
+    if validation is not None and validation.iteration == loaded.iteration and split == loaded.config.data.val_split:
         metrics, scores = validation.metrics, validation.scores
     else:
-        scores = ImageScores(model.card.num_classes)
-        metrics = evaluate_split(model, dataset, config, progress, observe=scores)
-    return write_report(out or run.report, model, config, checkpoint, split, metrics, scores, dataset, samples)
+        scores = ImageScores(loaded.card.num_classes)
+        metrics = evaluate_split(loaded, dataset, progress, observe=scores)
+    return write_report(out or run.report, loaded, split, metrics, scores, dataset, samples)

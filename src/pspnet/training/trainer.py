@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_pytorch_checkpoint, load_strict, save_checkpoint
+from ..checkpoint import load_strict, open_model, save_checkpoint
 from ..classes import IGNORE_INDEX
 from ..config import Config
 from ..data.check import report_colour_matching
@@ -171,11 +171,11 @@ class Trainer:
         self.val_set = build_dataset(config.data, config.data.val_split, train=False)
         self.classes = self.train_set.classes
         self.model = create_model(config, self.classes)
-        self.config = config.replace([f"model.num_classes={self.model.config.num_classes}"])
+        self.config = config.with_num_classes(self.model.config.num_classes)
         if train.init_from and init_weights and self.dist.is_main:  # the other ranks get rank 0's weights from DDP
             load_strict(
                 self.model,
-                load_pytorch_checkpoint(train.init_from)[0].state_dict(),
+                open_model(train.init_from, pytorch_only=True).model.state_dict(),
                 f"train.init_from {train.init_from}",
             )
         self.model.to(self.device)
