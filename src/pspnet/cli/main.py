@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, export, info, report, serve, train
+from . import data, evaluate, export, info, playground, report, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     report.add_parser(sub)
     serve.add_parser(sub)
+    playground.add_parser(sub)
     data.add_parser(sub)
     info.add_parsers(sub)
     return parser
