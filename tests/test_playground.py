@@ -138,7 +138,7 @@ def test_a_token_guards_every_request(roots):
     app = create_playground(PlaygroundOptions(roots[0], (roots[1],), token="s3cret"))
     with TestClient(app, base_url="http://10.1.2.3:8080") as client:
         assert client.get("/api/runs").status_code == 401
-        assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+        assert client.get("/", headers={"accept": "text/html"}, follow_redirects=False).headers["location"] == "/login"
         assert client.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).json() == []
         assert client.post("/login", data={"token": "nope"}).status_code == 401

@@ -560,3 +560,26 @@ def test_the_page_segments_an_upload_in_chromium(checkpoint, tmp_path):
         process.wait(60)
     assert outside == []  # no external assets
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_a_token_guards_the_server_but_not_its_health_probes(loaded):
+    with TestClient(create_app(loaded, ServeOptions(token="s3cret"))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/model").status_code == 401
+        assert (
+            client.post("/v1/segment", content=encoded(scene()), headers={"content-type": "image/png"}).status_code
+            == 401
+        )
+        assert client.get("/", headers={"accept": "text/html"}, follow_redirects=False).headers["location"] == "/login"
+        model = client.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).json()
+        assert "s3cret" not in json.dumps(model)
+        assert client.post("/login", data={"token": "wrong"}).status_code == 401
+        assert client.post("/login", data={"token": "s3cret"}, follow_redirects=False).status_code == 303
+        answer = client.post("/v1/segment", content=encoded(scene()), headers={"content-type": "image/png"})
+        assert answer.status_code == 200  # with the login's cookie
+
+
+def test_a_non_loopback_host_needs_a_token_or_an_explicit_no_token(checkpoint, capsys):
+    assert main(["serve", str(checkpoint), "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 lets other machines in: set --token" in capsys.readouterr().err
+    assert main(["serve", str(checkpoint), "--host", "0.0.0.0", "--token", "t", "--no-token"]) == 2

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import secrets
 from pathlib import Path
 
 from .common import positive_int
+from .serve import is_loopback
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-jobs", type=positive_int, default=1, metavar="N", help="jobs run at once (default 1)")
     parser.set_defaults(run=run)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run(args: argparse.Namespace) -> int:

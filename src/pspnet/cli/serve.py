@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
 
 from .common import add_inference_options, load_for_inference, positive_int
 from .evaluate import CHECKPOINT_HELP
@@ -45,8 +48,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds that admitted requests get to finish after SIGTERM (default 30)",
     )
+    serve.add_argument(
+        "--token",
+        help="required of every request but /healthz and /readyz (the page's login, or Authorization: Bearer TOKEN); "
+        "needed for any --host other than a loopback address. Default: the PSPNET_SERVE_TOKEN environment variable",
+    )
+    serve.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve a non-loopback --host without a token: anyone who can reach it may use it (a warning is printed)",
+    )
     add_inference_options(serve)
     serve.set_defaults(run=run_serve)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -59,12 +82,23 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{exc.name} is not installed; pspnet serve needs the serve extra: pip install 'pspnet[serve]'"
         ) from None
+    token = args.token or os.environ.get("PSPNET_SERVE_TOKEN")
+    if token and args.no_token:
+        raise ConfigError("--token and --no-token contradict each other")
+    if not is_loopback(args.host) and not token:
+        if not args.no_token:
+            raise ConfigError(
+                f"--host {args.host} lets other machines in: set --token (or PSPNET_SERVE_TOKEN), or pass --no-token "
+                "to serve without one"
+            )
+        print(f"warning: serving {args.host} without a token: anyone who can reach it may use it", file=sys.stderr)
     loaded = load_for_inference(args, resolve_device(args.device))
     config = loaded.config
     options = ServeOptions(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=default_pixel_cap(config.eval),
         queue_size=args.queue_size,
+        token=token,
     )
     app = create_app(loaded, options)
     print(

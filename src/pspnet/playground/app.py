@@ -5,9 +5,9 @@ Everything that trains, evaluates, exports or scans a dataset is a job (`jobs.py
 process. The API only reads run directories and the index, validates configs with the typed config's own
 errors, and queues jobs.
 
-Access: without a token only loopback clients with a loopback `Host` are answered (which also stops DNS
-rebinding). With a token every request needs it, as the `pspnet_token` cookie (set by `/login`) or as
-`Authorization: Bearer TOKEN`. Requests that change state must come from the page itself: a cross-site
+Access (`pspnet.serve.access`): without a token only loopback clients with a loopback `Host` are answered
+(which also stops DNS rebinding); with a token every request needs it (the cookie `/login` sets, or
+`Authorization: Bearer TOKEN`). Requests that change state must come from the page itself: a cross-site
 `Origin` or `Sec-Fetch-Site` is refused, and the `X-Pspnet` header is required (a cross-site form cannot
 send one without a CORS preflight, which is never granted).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import shlex
 import shutil
@@ -30,17 +29,16 @@ from typing import Any
 import yaml
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import Receive, Scope, Send
 
 from ..config import Config, describe_keys, dump_yaml
 from ..errors import PSPNetError
+from ..serve.access import TokenGate, add_login
 from .jobs import JobRunner
 from .runs import RunInfo, config_paths, detect_format, diff_configs, read_run, run_config_dict
 from .store import ACTIVE, OutsideError, Store, new_id
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")
 EVENT_SECONDS = 1.0
 """How often a run's event stream looks at its logs."""
 EVENT_STREAM_SECONDS = 3600.0
@@ -58,37 +56,24 @@ class PlaygroundOptions:
     max_upload_bytes: int = 20 * 2**20
 
 
-class Access(BaseHTTPMiddleware):
-    """The token, the loopback rule and the cross-site check (see the module docstring)."""
+class Access(TokenGate):
+    """The shared token and loopback gate, and the cross-site check (see the module docstring)."""
 
     def __init__(self, app: Any, token: str | None):
-        super().__init__(app)
-        self.token = token
+        super().__init__(app, token, loopback_only=True, open_paths=("/api/health",))
 
-    async def dispatch(self, request: Request, call_next: Any) -> Response:
-        if self.token is None:
-            host = request.url.hostname or ""
-            client = request.client.host if request.client else ""
-            if host not in LOOPBACK_HOSTS or client not in (*LOOPBACK_HOSTS, "testclient"):
-                return JSONResponse({"detail": "this playground answers this machine only (no --token)"}, 403)
-        elif request.url.path not in ("/login", "/api/health") and not self._authorised(request):
-            if request.url.path.startswith("/api/") or request.method not in SAFE_METHODS:
-                return JSONResponse({"detail": "a token is needed: Authorization: Bearer TOKEN"}, 401)
-            return RedirectResponse("/login", 303)
-        if request.method not in SAFE_METHODS and request.url.path != "/login":
-            if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-                return JSONResponse({"detail": "cross-site request refused"}, 403)
-            origin = request.headers.get("origin")
-            if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-                return JSONResponse({"detail": f"cross-site request refused (origin {origin})"}, 403)
-            if request.headers.get("x-pspnet") != "1":
-                return JSONResponse({"detail": "state-changing requests need the header X-Pspnet: 1"}, 403)
-        return await call_next(request)
-
-    def _authorised(self, request: Request) -> bool:
-        bearer = request.headers.get("authorization", "")
-        given = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get("pspnet_token", "")
-        return hmac.compare_digest(given.encode(), self.token.encode())
+    def refuse(self, request: Request) -> Response | None:
+        refused = super().refuse(request)
+        if refused is not None or request.method in SAFE_METHODS or request.url.path == "/login":
+            return refused
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return JSONResponse({"detail": "cross-site request refused"}, 403)
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"detail": f"cross-site request refused (origin {origin})"}, 403)
+        if request.headers.get("x-pspnet") != "1":
+            return JSONResponse({"detail": "state-changing requests need the header X-Pspnet: 1"}, 403)
+        return None
 
 
 class TryModel:
@@ -148,6 +133,7 @@ def create_playground(options: PlaygroundOptions) -> FastAPI:
 
     app = FastAPI(title="pspnet playground", summary="Train, compare, try and export PSPNet models", lifespan=lifespan)
     app.add_middleware(Access, token=options.token)
+    add_login(app, options.token)
     app.state.store, app.state.runner = store, runner
     app.mount("/try", tried)
 
@@ -201,20 +187,6 @@ def create_playground(options: PlaygroundOptions) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page
-
-    @app.get("/login", response_class=HTMLResponse)
-    async def login_page() -> str:
-        return LOGIN_PAGE
-
-    @app.post("/login")
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        token = str(form.get("token", ""))
-        if options.token is None or not hmac.compare_digest(token.encode(), options.token.encode()):
-            return HTMLResponse(LOGIN_PAGE.replace("<!--error-->", "<p>wrong token</p>"), 401)
-        response = RedirectResponse("/", 303)
-        response.set_cookie("pspnet_token", token, httponly=True, samesite="strict")
-        return response
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -483,10 +455,3 @@ def estimate_cost(config: Config, processes: int) -> dict[str, Any]:
     from .estimate import training_cost
 
     return training_cost(config, processes)
-
-
-LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>pspnet playground: sign in</title>
-<style>body{font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto}input,button{font-size:1rem;padding:.4rem}</style>
-</head><body><h1>pspnet playground</h1><!--error--><form method="post" action="/login">
-<label>Token <input name="token" type="password" autofocus required></label> <button>Sign in</button></form></body></html>
-"""

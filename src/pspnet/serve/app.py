@@ -28,6 +28,7 @@ from ..checkpoint import LoadedModel
 from ..config import EvalConfig
 from ..errors import ConfigError, ImageTooLargeError, NotAnImageError, PSPNetError
 from ..inference.predict import predict_array
+from .access import TokenGate, add_login
 from .metrics import MetricsMiddleware, ServeMetrics
 from .segment import Segmentation, segment_upload
 from .worker import InferenceWorker, QueueFull
@@ -65,6 +66,8 @@ class ServeOptions:
     upload_seconds: float = 60.0
     """Longest time a client may take to send its upload (408 after it), so that slow senders cannot hold
     the queue's places."""
+    token: str | None = None
+    """Required of every request but the health probes (see `pspnet.serve.access`); None: no token."""
 
     def __post_init__(self) -> None:
         if min(self.max_upload_bytes, self.max_pixels, self.upload_seconds) <= 0 or self.queue_size < 0:
@@ -94,7 +97,7 @@ def model_description(loaded: LoadedModel, options: ServeOptions) -> dict[str, A
         "protocol": config.eval.describe(),
         "backend": loaded.backend,
         "device": str(loaded.device),
-        "limits": asdict(options),
+        "limits": {key: value for key, value in asdict(options).items() if key != "token"},
     }
 
 
@@ -174,6 +177,9 @@ def create_app(loaded: LoadedModel, options: ServeOptions | None = None) -> Fast
     app = FastAPI(title="pspnet", summary="PSPNet semantic segmentation", lifespan=lifespan)
     app.state.worker = worker
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if options.token is not None:
+        app.add_middleware(TokenGate, token=options.token, loopback_only=False, open_paths=("/healthz", "/readyz"))
+        add_login(app, options.token)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
