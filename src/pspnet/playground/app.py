@@ -71,7 +71,9 @@ class Access(TokenGate):
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
             return JSONResponse({"detail": f"cross-site request refused (origin {origin})"}, 403)
-        if request.headers.get("x-pspnet") != "1":
+        if request.headers.get("x-pspnet") != "1" and not request.url.path.startswith(
+            "/try/"
+        ):  # segmenting changes nothing
             return JSONResponse({"detail": "state-changing requests need the header X-Pspnet: 1"}, 403)
         return None
 
@@ -86,17 +88,17 @@ class TryModel:
         self.stack = contextlib.AsyncExitStack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run_id, _, rest = scope["path"].removeprefix("/").partition("/")
+        root = scope.get("root_path", "")  # Starlette keeps the full path and puts the mount's prefix in root_path
+        run_id, _, rest = scope["path"].removeprefix(root).removeprefix("/").partition("/")
         try:
             app = await self._app(run_id)
         except (PSPNetError, FileNotFoundError) as exc:
             await JSONResponse({"detail": str(exc)}, 404)(scope, receive, send)
             return
         if not rest and scope["type"] == "http" and not scope["path"].endswith("/"):
-            await RedirectResponse(f"{scope.get('root_path', '')}/{run_id}/", 307)(scope, receive, send)
+            await RedirectResponse(f"{root}/{run_id}/", 307)(scope, receive, send)
             return
-        inner = dict(scope, path=f"/{rest}", root_path=f"{scope.get('root_path', '')}/{run_id}")
-        await app(inner, receive, send)
+        await app(dict(scope, root_path=f"{root}/{run_id}"), receive, send)
 
     async def _app(self, run_id: str) -> Any:
         from ..checkpoint import open_model  # heavy (torch): only when a model is tried
