@@ -17,6 +17,7 @@ from conftest import tiny_config_dict
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
+from pspnet.data.synthetic import ContextScenes
 from pspnet.playground.app import PlaygroundOptions, create_playground
 
 HEADERS = {"X-Pspnet": "1"}
@@ -60,6 +61,7 @@ def test_a_run_goes_from_queued_to_finished_with_its_metrics(client, roots):
     run = wait(client, run_id)
     assert run["state"] == "finished", run
     assert (run["iteration"], run["max_iters"]) == (4, 4) and 0 <= run["mIoU"] <= 1 and run["error"] is None
+    assert list(run["per_class_iou"]) == list(ContextScenes.classes.names)  # from the run's own val_log.csv
     assert (roots[0] / "runs" / run_id / "checkpoints" / "best.safetensors").is_file()  # an ordinary run directory
     assert [r["id"] for r in client.get("/api/runs").json()] == [run_id]
     events = client.get(f"/api/runs/{run_id}/events").text  # a finished run's stream: its state, then the end

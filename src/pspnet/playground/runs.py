@@ -6,7 +6,9 @@ iteration, metrics and curves come from the run's own logs (`train_log.csv`, `va
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +35,17 @@ def config_paths(config: Config) -> list[tuple[str, str]]:
     return found
 
 
-def read_csv_rows(path: Path) -> list[dict[str, float]]:
-    """The rows of a run's CSV log as floats (an empty list before the first row)."""
-    import csv
-
+def read_csv_rows(path: Path) -> list[dict[str, float | None]]:
+    """The rows of a run's CSV log as floats, None for NaN, which JSON cannot carry (an empty list before the
+    first row)."""
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return [
+        rows = [
             {key: float(value) for key, value in row.items() if value not in ("", None)}
             for row in csv.DictReader(handle)
         ]
+    return [{key: None if math.isnan(value) else value for key, value in row.items()} for row in rows]
 
 
 def run_config_dict(run: Path) -> dict[str, Any]:

@@ -30,7 +30,8 @@ class RunLog:
             self.tensorboard.add_scalar(f"train/{key}", value, iteration)
 
     def validation(self, iteration: int, values: dict[str, float]) -> None:
-        """One row of validation metrics (miou, macc, aacc); curves.png is redrawn."""
+        """One row of validation metrics (miou, macc, aacc, then `IoU/<class>` for each class; NaN for a class
+        absent from ground truth and prediction); curves.png is redrawn."""
         _append_csv(self.run.val_log, {"iteration": iteration, **values})
         for key, value in values.items():
             self.tensorboard.add_scalar(f"val/{key}", value, iteration)

@@ -272,7 +272,10 @@ class Trainer:
     def _record_validation(self, metrics: SegmentationMetrics, run_log: RunLog | None) -> None:
         """Log validation metrics and keep the best checkpoint (rank 0)."""
         if run_log is not None:
-            run_log.validation(self.iteration, {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc})
+            per_class = {f"IoU/{name}": iou for name, iou in zip(self.classes.names, metrics.iou)}
+            run_log.validation(
+                self.iteration, {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc, **per_class}
+            )
         if self.best_miou is None or metrics.miou > self.best_miou:
             self.best_miou = metrics.miou
             if self.dist.is_main:
