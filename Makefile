@@ -6,8 +6,9 @@ CORE := $(VENV)/.installed-core
 ALL := $(VENV)/.installed-all
 EXTRAS := test,deploy,serve,video,cityscapes
 DEMO_DIR ?= runs/demo
+PLAYGROUND_DIR ?= runs/playground
 
-.PHONY: setup setup-all test demo bench clean
+.PHONY: setup setup-all test demo playground bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,10 @@ test: $(ALL)
 
 demo: $(CORE)
 	$(PY) -m pspnet.demo --out $(DEMO_DIR)
+
+# the playground on the demo's workspace: http://127.0.0.1:8080/
+playground: $(ALL)
+	$(PY) -m pspnet playground $(PLAYGROUND_DIR)
 
 bench: $(ALL)
 	$(PY) benchmarks/train_throughput.py
