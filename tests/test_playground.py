@@ -225,3 +225,29 @@ def test_a_playground_killed_during_a_job_lists_it_interrupted_and_resumes_it_ex
     assert resumed.keys() == reference.keys()
     for key in reference:
         assert (resumed[key] - reference[key]).abs().max() <= 1e-6, key
+
+
+def test_a_dataset_folder_is_detected_checked_and_previewed(client, roots):
+    from PIL import Image
+
+    data = roots[1] / "street"
+    for folder in ("train/images", "train/masks"):
+        (data / folder).mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (32, 24), (index * 60, 90, 30)).save(data / "train/images" / f"{index}.png")
+        Image.new("L", (32, 24), index % 2).save(data / "train/masks" / f"{index}.png")
+    (roots[1] / "classes.yaml").write_text("names: [road, car]\n")
+    answer = client.post("/api/datasets", json={"name": "street", "root": "street", "classes_file": "classes.yaml"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["data"]["format"] == "folders"  # detected from train/images and train/masks
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        street = next(d for d in client.get("/api/datasets").json() if d["name"] == "street")
+        if street["check"] is not None and street["preview"] is not None:
+            break
+        time.sleep(0.3)
+    assert "3" in street["check"] and "road" in street["check"] and "car" in street["check"]
+    assert client.get(street["preview"]).headers["content-type"] == "image/png"
+    names = [d["name"] for d in client.get("/api/datasets").json()]
+    assert names == ["synthetic", "street"]
+    assert client.post("/api/datasets", json={"name": "bad", "root": "nowhere"}).status_code == 422
