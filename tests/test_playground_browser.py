@@ -32,7 +32,7 @@ FORM = {  # a tiny synthetic run, typed into the form
 
 def fill_form(page, name: str, iterations: int, dropout: float) -> None:
     page.click("nav button[data-tab=new]")
-    page.wait_for_function("document.querySelector('#yaml').textContent.length > 0")
+    page.wait_for_function("document.querySelector('#yaml').textContent.length > 0", timeout=90_000)
     page.evaluate("document.getElementById('more').open = true")
     page.fill("#run-name", name)
     page.select_option("#f-model\\.encoder", "lite")
