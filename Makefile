@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORE := $(VENV)/.installed-core
 ALL := $(VENV)/.installed-all
-EXTRAS := test,deploy,serve,video,cityscapes
+EXTRAS := test,deploy,serve,video,cityscapes,docs,mlflow
 DEMO_DIR ?= runs/demo
 PLAYGROUND_DIR ?= runs/playground
 
-.PHONY: setup setup-all test demo playground bench clean
+.PHONY: setup setup-all test demo playground bench docs docs-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,5 +44,13 @@ bench: $(ALL)
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/context_ablation.py
 
+# the documentation site (mkdocs.yml, docs/) into site/; --strict turns every warning into an error
+docs: $(ALL)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# the same site with live reload: http://127.0.0.1:8001/
+docs-serve: $(ALL)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8001
+
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) runs build site src/*.egg-info .pytest_cache
