@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORE := $(VENV)/.installed-core
 ALL := $(VENV)/.installed-all
-EXTRAS := test,deploy,serve,video,cityscapes,docs,mlflow
+EXTRAS := test,deploy,serve,video,cityscapes,docs,mlflow,dist
 DEMO_DIR ?= runs/demo
 PLAYGROUND_DIR ?= runs/playground
 
-.PHONY: setup setup-all test demo playground bench docs docs-serve clean
+.PHONY: setup setup-all test demo playground bench docs docs-serve dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,11 @@ docs: $(ALL)
 docs-serve: $(ALL)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8001
 
+# an sdist and a wheel in dist/, checked by twine
+dist: $(ALL)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) runs build site src/*.egg-info .pytest_cache
+	rm -rf $(VENV) runs build dist site src/*.egg-info .pytest_cache

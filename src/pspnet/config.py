@@ -21,9 +21,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+from .presets import resolve_config_path
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """Device names pspnet accepts: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+"""Names `train.loggers` accepts."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -272,12 +276,22 @@ class TrainConfig:
     The booleans of older configs mean none (false) and bf16 (true)."""
     channels_last: bool = False
     """Train with NHWC memory format (often faster on GPUs with tensor cores; measure on a CPU)."""
+    compile: bool = False
+    """Compile the training step's forward and backward with torch.compile (Inductor); without a C++ compiler it
+    runs eagerly, with a warning (docs/compile.md)."""
     sync_bn: bool | None = None
     """Synchronize BatchNorm statistics across processes (the paper's recipe); null: on when training on
     several processes. PyTorch's SyncBatchNorm on CUDA, pspnet's own over gloo on the CPU."""
     init_from: str | None = None
     """Start from the weights of a whole model (a pspnet, semseg or mmseg checkpoint, e.g. one converted
     with `pspnet convert --num-classes K`): fine-tuning. The config must describe the same architecture."""
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    """Where training metrics go: `csv` (train_log.csv, val_log.csv: always on, the run's own record that
+    --resume and `pspnet runs` read), `tensorboard` (RUN_DIR/tensorboard) and `mlflow` (extra `pspnet[mlflow]`;
+    MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME are honoured, else a SQLite store beside the run directory and
+    the config file's name; MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set). See docs/tracking.md."""
+    mlflow_log_checkpoint: bool = False
+    """With the `mlflow` logger: also upload the best checkpoint as an artifact when a session ends."""
 
     def __post_init__(self) -> None:
         _check(self.max_iters >= 1, "train.max_iters", "a positive int", self.max_iters)
@@ -298,6 +312,15 @@ class TrainConfig:
         _check(self.cls_weight >= 0, "train.cls_weight", "a non-negative float", self.cls_weight)
         if isinstance(self.amp, bool):
             self.amp = "bf16" if self.amp else "none"
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        _check(not unknown, "train.loggers", f"names among {', '.join(LOGGERS)}", self.loggers)
+        _check(
+            "csv" in self.loggers,
+            "train.loggers",
+            "a list with csv (always on: the run's own logs, which --resume and `pspnet runs` read), "
+            "e.g. [csv, mlflow]",
+            self.loggers,
+        )
 
 
 @dataclass
@@ -560,13 +583,12 @@ def _check(ok: bool, key: str, expected: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when `path` is None) and apply `key=value` overrides."""
+    """Read a YAML config (a file, or a preset's name: see `pspnet.presets`; the defaults when `path` is None) and
+    apply `key=value` overrides."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:

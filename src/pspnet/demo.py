@@ -14,19 +14,20 @@ from .config import load_config
 from .data.sources import build_source
 from .io.files import save_image
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
+DEFAULT_CONFIG = "synthetic"
+"""The demo's preset (`pspnet/configs/synthetic.yaml`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file or preset (default: synthetic)")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--images", type=int, default=6, help="validation images to predict")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = ["--set", *args.overrides] if args.overrides else []
     config_path = Path(args.config).resolve()
-    if config_path.is_relative_to(Path.cwd()):  # shorter commands, and no machine paths in run.json or the report
+    if config_path.is_file() and config_path.is_relative_to(Path.cwd()):  # shorter commands, no machine paths
         args.config = str(config_path.relative_to(Path.cwd()))
     out = Path(args.out)
     resume = ["--resume"] if (out / "checkpoints" / "last.resume.pt").exists() else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from .common import add_set
 
@@ -13,9 +14,15 @@ INFO_CLASSES = 19
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="print a resolved config or the list of keys")
-    config.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
+    config.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config or preset name (default: built-in defaults); a preset without --set prints its file, "
+        "comments included: `pspnet config synthetic > my.yaml` gives a file to edit",
+    )
     add_set(config)
     config.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
+    config.add_argument("--presets", action="store_true", help="list the presets with a line on each")
     config.set_defaults(run=run_config)
 
     models = sub.add_parser(
@@ -59,12 +66,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_config(args: argparse.Namespace) -> int:
     from ..config import describe_keys, dump_yaml, load_config
+    from ..presets import list_presets, resolve_config_path
 
     if args.keys:
         rows = describe_keys()
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         for key, kind, default, doc in rows:
             print(f"{key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {doc}")
+    elif args.presets:
+        presets = list_presets()
+        width = max(len(name) for name, _ in presets)
+        for name, description in presets:
+            print(f"{name:<{width}}  {description}")
+    elif args.config and not Path(args.config).is_file() and not args.overrides:
+        load_config(args.config)  # a preset that does not build is an error here, not in the user's copy
+        print(resolve_config_path(args.config).read_text(encoding="utf-8"), end="")
     else:
         print(dump_yaml(load_config(args.config, args.overrides)), end="")
     return 0

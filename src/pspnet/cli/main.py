@@ -13,18 +13,32 @@ import sys
 
 from .. import __version__
 from ..errors import PSPNetError
-from . import data, evaluate, export, info, playground, report, serve, train
+from . import data, evaluate, export, info, playground, report, runs, serve, train
+
+
+class VersionAction(argparse.Action):
+    """`--version`: pspnet's version, torch's (imported only here: `--help` stays fast) and the device available."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import torch
+
+        device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+        print(f"pspnet {__version__} (torch {torch.__version__}, device: {device})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet semantic segmentation toolkit.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--version", action="version", version=f"pspnet {__version__}")
+    parser.add_argument(
+        "--version", action=VersionAction, nargs=0, help="show the versions of pspnet and torch, and the device"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parsers(sub)
     export.add_parser(sub)
     report.add_parser(sub)
+    runs.add_parser(sub)
     serve.add_parser(sub)
     playground.add_parser(sub)
     data.add_parser(sub)
