@@ -251,3 +251,21 @@ def test_a_dataset_folder_is_detected_checked_and_previewed(client, roots):
     names = [d["name"] for d in client.get("/api/datasets").json()]
     assert names == ["synthetic", "street"]
     assert client.post("/api/datasets", json={"name": "bad", "root": "nowhere"}).status_code == 422
+
+
+def test_the_form_comes_from_the_typed_config_and_validates_before_anything_starts(client):
+    from pspnet.config import all_keys
+
+    schema = client.get("/api/schema").json()
+    assert [row["key"] for row in schema["keys"]] == all_keys()  # a new key appears without editing the page
+    encoders = {encoder["name"]: encoder for encoder in schema["encoders"]}
+    assert encoders["resnet50_deepstem"]["strides"] == "8/16/32" and encoders["lite"]["imagenet"] is False
+    assert "synthetic" in [preset["name"] for preset in schema["presets"]]
+    preset = client.get("/api/presets/synthetic").json()["config"]
+    assert preset["model"]["encoder"] == "resnet18_deepstem"
+    answer = client.post("/api/validate", json={"config": tiny(), "processes": 2}).json()
+    assert answer["command"].startswith("pspnet train config.yaml --out ") and "--nproc-per-node 2" in answer["command"]
+    assert "encoder: resnet18_deepstem" in answer["yaml"]
+    estimate = answer["estimate"]
+    assert estimate["parameters"] > 0 and estimate["forward_gflops"] > 0 and estimate["seconds_per_iter"] > 0
+    assert client.post("/api/validate", json={"config": {"train": {"batch_size": 1}}}).status_code == 422

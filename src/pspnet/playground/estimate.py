@@ -64,7 +64,7 @@ def training_cost(config: Config, processes: int = 1) -> dict[str, Any]:
         "parameters": parameters,
         "forward_gflops": round(forward_flops / 1e9, 2),
         "memory_gib": round(memory / 2**30, 2),
-        "seconds_per_iter": round(seconds, 3),
+        "seconds_per_iter": float(f"{seconds:.3g}"),
         "total_minutes": round(seconds * config.train.max_iters / 60, 1),
         "note": "lower bounds: matmul rate of this machine, activations of every layer kept once",
     }
