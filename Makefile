@@ -4,11 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORE := $(VENV)/.installed-core
 ALL := $(VENV)/.installed-all
-EXTRAS := test,deploy,serve,video,cityscapes,docs,mlflow,dist
+EXTRAS := test,deploy,serve,video,cityscapes,docs,mlflow,dist,shards,annotate
 DEMO_DIR ?= runs/demo
 PLAYGROUND_DIR ?= runs/playground
+LS_VENV ?= .venv-label-studio
+LS_ENV := $(LS_VENV)/.installed
 
-.PHONY: setup setup-all test demo playground bench docs docs-serve dist clean
+.PHONY: setup setup-all label-studio-env test demo playground bench docs docs-serve dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,19 @@ setup: $(CORE)
 
 setup-all: $(ALL)
 
-test: $(ALL)
+# Label Studio (its pins clash with ours) in its own environment, for the labelling-loop tests, with a migrated
+# empty database in $(LS_VENV)/template that each test server starts from in seconds (no user: the tests make one)
+$(LS_ENV): requirements/label-studio.txt
+	rm -rf $(LS_VENV)
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet -r requirements/label-studio.txt
+	env -u LABEL_STUDIO_USERNAME LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template COLLECT_ANALYTICS=false \
+		LATEST_VERSION_CHECK=false SENTRY_DSN= $(LS_VENV)/bin/label-studio init -q --data-dir $(LS_VENV)/template >/dev/null
+	touch $(LS_ENV)
+
+label-studio-env: $(LS_ENV)
+
+test: $(ALL) $(LS_ENV)
 	$(PY) -m pytest -q
 
 demo: $(CORE)
@@ -59,4 +73,4 @@ dist: $(ALL)
 	$(PY) -m twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) runs build dist site src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) runs build dist site src/*.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""CPU inference backends side by side: eager fp32, bf16, onnxruntime fp32 and int8, in one run.
+"""CPU inference backends side by side: eager fp32, bf16, compiled fp32 and bf16, onnxruntime fp32 and int8, in
+one run.
 
 Two models:
 - the paper's PSPNet R50-D8 (deep stem, output stride 8, 19 classes) at 512x512, random weights
@@ -12,15 +13,20 @@ For each backend: median latency, GFLOP/s, speed-up over eager fp32, latency ove
 fresh process). Each timed run goes once through every backend and through an fp32, a bf16 and an
 int8 matrix product (which give the peaks), so load from other processes slows them all alike.
 The row "eager fp32, nn.AdaptiveAvgPool2d" is the model before the exportable pooling, for comparison.
+The compiled backends (torch.compile) also report their compile time in a fresh process with an empty
+Inductor cache (cold) and again with that cache (warm), and how many compilations 5 input sizes cause.
 
     python benchmarks/inference.py [--checkpoint DEMO.safetensors] [--size 512] [--runs 5]
                                    [--threads N] [--work-dir runs/benchmark-inference] [--skip-paper] [--skip-demo]
+                                   [--skip-onnx] [--profile torch-bf16 torch-compile-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,13 +143,77 @@ def run_probe(path: str, backend: str, height: str, width: str) -> None:
     print(f"{peak_rss_mb():.0f}")
 
 
+def further_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """5 input sizes around `size`, for counting compilations."""
+    return [(size[0] + dh, size[1] + dw) for dh, dw in ((-31, 17), (9, -23), (-64, -64), (41, 3), (-7, 55))]
+
+
+def compile_probes(checkpoint: Path, backend: str, size: tuple[int, int], threads: int) -> tuple[float, float, int]:
+    """Two fresh processes that load `backend`: the seconds to its first call's end with no entry of it in the
+    Inductor cache (cold), then with the entry the first process wrote (warm), and the graphs the second one
+    compiled for `size` and 5 further sizes (each process holds one compiled model: two in one process share
+    the code object of `PSPNet.forward`, and then its compilations)."""
+    command = [sys.executable, __file__, "--probe-compile", str(checkpoint), backend, *map(str, size)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    runs = [subprocess.run(command, capture_output=True, text=True, check=True, env=env) for _ in range(2)]
+    (cold, _), (warm, compilations) = (run.stdout.strip().splitlines()[-2:] for run in runs)
+    return float(cold), float(warm), int(compilations)
+
+
+def run_compile_probe(path: str, backend: str, height: str, width: str) -> None:
+    """Print the seconds from loading `path` on `backend` to the end of its first call, then the number of
+    graphs compiled after 5 further sizes."""
+    start = time.perf_counter()
+    model = load_model(path, backend=backend)
+    size = (int(height), int(width))
+    with torch.inference_mode():
+        model(torch.randn(1, model.card.in_channels, *size))
+        seconds = time.perf_counter() - start
+        for h, w in further_sizes(size):
+            model(torch.randn(1, model.card.in_channels, h, w))
+    if not model.compiled_ok:
+        raise SystemExit(f"{backend} did not compile: {model.fallback_reason}")
+    print(f"{seconds:.1f}\n{model.compilations}")
+
+
 def build_backends(
-    checkpoint: Path, work: Path, size: tuple[int, int], calibration: Config, calibration_images: int
+    checkpoint: Path,
+    work: Path,
+    size: tuple[int, int],
+    calibration: Config,
+    calibration_images: int,
+    threads: int,
+    onnx: bool = True,
 ) -> list[Backend]:
-    """The five rows: eager fp32 (and with the old pooling), bf16, onnxruntime fp32 and int8 (both exported and
-    verified here)."""
+    """The rows: eager fp32 (and with the old pooling), bf16, compiled fp32 and bf16 (compile times measured in
+    fresh processes), onnxruntime fp32 and int8 (both exported and verified here; not with `onnx` false)."""
     work.mkdir(parents=True, exist_ok=True)
     fp32 = load_model(checkpoint)
+    rows = [
+        Backend("eager fp32", fp32, "fp32", checkpoint, (str(checkpoint), "torch")),
+        Backend("eager fp32, nn.AdaptiveAvgPool2d", with_library_pooling(fp32), "fp32", checkpoint),
+        Backend(
+            "torch-bf16",
+            load_model(checkpoint, backend="torch-bf16"),
+            "bf16",
+            checkpoint,
+            (str(checkpoint), "torch-bf16"),
+        ),
+    ]
+    cache = work / "inductor"  # emptied here, then shared by this process and the probes
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    for backend, precision in (("torch-compile", "fp32"), ("torch-compile-bf16", "bf16")):
+        cold, warm, compilations = compile_probes(checkpoint, backend, size, threads)
+        sizes = ", ".join(f"{h}x{w}" for h, w in [size, *further_sizes(size)])
+        print(
+            f"  {backend}: load + first call {cold:.0f} s with an empty Inductor cache, {warm:.0f} s with it filled; "
+            f"{compilations} compilation(s) for the sizes {sizes}"
+        )
+        model = load_model(checkpoint, backend=backend)
+        rows.append(Backend(backend, model, precision, checkpoint, (str(checkpoint), backend)))
+    if not onnx:
+        return rows
     onnx_path, int8_path = work / "model.onnx", work / "model-int8.onnx"
     start = time.perf_counter()
     report = export_model(checkpoint, onnx_path, "onnx", size=size)
@@ -167,15 +237,7 @@ def build_backends(
         f"held-out images {100 * report.agreement:.2f}%"
     )
     return [
-        Backend("eager fp32", fp32, "fp32", checkpoint, (str(checkpoint), "torch")),
-        Backend("eager fp32, nn.AdaptiveAvgPool2d", with_library_pooling(fp32), "fp32", checkpoint),
-        Backend(
-            "torch-bf16",
-            load_model(checkpoint, backend="torch-bf16"),
-            "bf16",
-            checkpoint,
-            (str(checkpoint), "torch-bf16"),
-        ),
+        *rows,
         Backend("onnxruntime fp32", load_model(onnx_path), "fp32", onnx_path, (str(onnx_path), "-")),
         Backend("onnxruntime int8", load_model(int8_path), "int8", int8_path, (str(int8_path), "-")),
     ]
@@ -189,9 +251,9 @@ def print_table(
     peaks: dict[str, float],
     size: tuple[int, int],
     threads: int,
-    quality: dict[str, tuple[float, float]] | None = None,
+    quality: dict[str, tuple[float, float | None]] | None = None,
 ) -> None:
-    """One row per backend; `quality` maps a backend to (argmax agreement with eager fp32, mIoU)."""
+    """One row per backend; `quality` maps a backend to (argmax agreement with eager fp32, mIoU or None)."""
     print(
         f"\n{title}: {flops / 1e9:.1f} GFLOP per image; matmul peak ({PEAK_SIZE}^3 products, same runs): fp32 "
         f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x), "
@@ -213,7 +275,7 @@ def print_table(
         )
         if quality:
             agreement, miou = quality.get(backend.name, (float("nan"), float("nan")))
-            row += f"{100 * agreement:>10.2f}%{100 * miou:>7.1f}"
+            row += f"{100 * agreement:>10.2f}%" + (f"{100 * miou:>7.1f}" if miou is not None else f"{'-':>7}")
         print(row)
 
 
@@ -233,9 +295,12 @@ def paper_model(args: argparse.Namespace) -> None:
         f"\nPSPNet R50-D8 (deep stem, output stride 8), random weights, 1x3x{size[0]}x{size[1]}; int8 calibrated on "
         f"8 synthetic scenes at that size"
     )
-    backends = build_backends(checkpoint, work, size, config, calibration_images=8)
+    backends = build_backends(checkpoint, work, size, config, 8, args.threads, not args.skip_onnx)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     flops = count_flops(backends[0].model, x)
+    with torch.inference_mode():
+        expected = backends[0].model(x).argmax(1)
+        agreement = {b.name: (float((b.model(x).argmax(1) == expected).double().mean()), None) for b in backends}
     latency, peaks = measure(backends, [x], args.runs, args.warmup)
     print_table(
         f"R50-D8 at {size[0]}x{size[1]}, median of {args.runs} interleaved runs",
@@ -245,7 +310,10 @@ def paper_model(args: argparse.Namespace) -> None:
         peaks,
         size,
         args.threads,
+        agreement,
     )
+    for name in args.profile or ():
+        profile_operators(next(b for b in backends if b.name == name), x)
     pooled = torch.randn(1, 2048, size[0] // 8, size[1] // 8)
     pools = {
         "matrix": lambda: [AdaptiveAvgPool(b)(pooled) for b in (1, 2, 3, 6)],
@@ -256,6 +324,20 @@ def paper_model(args: argparse.Namespace) -> None:
         f"PPM pooling alone (bins 1, 2, 3, 6 of 1x2048x{size[0] // 8}x{size[1] // 8}): matrix products "
         f"{pool_latency['matrix'] * 1000:.2f} ms, nn.AdaptiveAvgPool2d {pool_latency['nn'] * 1000:.2f} ms"
     )
+
+
+def profile_operators(backend: Backend, x: torch.Tensor, rows: int = 15) -> None:
+    """Print where one call of `backend` spends its time: PyTorch's profiler table by operator (self CPU time),
+    after a warm-up call. Compiled backends show Inductor's fused kernels (`cpp_fused_...`) and the oneDNN
+    convolutions and matrix products they call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        backend.model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            backend.model(x)
+    print(f"\nwhere the time of one {backend.name} call goes, by operator (self CPU time):")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 
 
 def demo_checkpoint(args: argparse.Namespace) -> Path:
@@ -282,7 +364,15 @@ def demo_model(args: argparse.Namespace) -> None:
     val = build_dataset(config.data, config.data.val_split, train=False)
     size = tuple(config.data.synthetic.image_size)
     print(f"demo model {checkpoint} on the {len(val)} validation scenes ({size[0]}x{size[1]})")
-    backends = build_backends(checkpoint, Path(args.work_dir) / "demo", size, config, args.calibration_images)
+    backends = build_backends(
+        checkpoint,
+        Path(args.work_dir) / "demo",
+        size,
+        config,
+        args.calibration_images,
+        args.threads,
+        not args.skip_onnx,
+    )
     images = [val[index]["image"][None] for index in range(len(val))]
     masks = [val[index]["mask"][None] for index in range(len(val))]
     num_classes = val.classes.num_classes
@@ -330,11 +420,23 @@ def main() -> None:
     )
     parser.add_argument("--skip-paper", action="store_true", help="no R50-D8 table")
     parser.add_argument("--skip-demo", action="store_true", help="no demo-model table")
+    parser.add_argument("--skip-onnx", action="store_true", help="no onnxruntime rows (no export, no calibration)")
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        metavar="BACKEND",
+        choices=["eager fp32", "torch-bf16", "torch-compile", "torch-compile-bf16"],
+        help="R50-D8: also print the profiler's table by operator for these rows",
+    )
     parser.add_argument("--probe-rss", nargs=4, metavar=("FILE", "BACKEND", "H", "W"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-compile", nargs=4, metavar=("FILE", "BACKEND", "H", "W"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.probe_rss:
         run_probe(*args.probe_rss)
+        return
+    if args.probe_compile:
+        run_compile_probe(*args.probe_compile)
         return
 
     print(

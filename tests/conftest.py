@@ -39,6 +39,29 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def _missing_module(report: pytest.TestReport | pytest.CollectReport) -> bool:
+    """Whether `report` is a skip by `pytest.importorskip` (a package of an extra is not installed)."""
+    return report.skipped and "could not import" in str(report.longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """On CI, a test module skipped for a missing package fails instead (`unavailable`'s rule)."""
+    report = yield
+    if os.environ.get("CI") == "true" and _missing_module(report):
+        report.outcome = "failed"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On CI, a test skipped for a missing package fails instead (`unavailable`'s rule)."""
+    report = yield
+    if os.environ.get("CI") == "true" and _missing_module(report):
+        report.outcome = "failed"
+    return report
+
+
 def tiny_config_dict(**train) -> dict:
     return {
         "model": dict(TINY_RESNET),

@@ -167,6 +167,12 @@ def test_training_output_of_a_sync_bn_matches_batchnorm_in_train_mode():
     torch.testing.assert_close(synced.running_var, reference.running_var)
 
 
+def torchrun_command(run: Path, config: Path, *launcher: str) -> list[str]:
+    """`pspnet --quiet train CONFIG --out RUN` under torchrun with the `launcher` arguments."""
+    command = ["-m", "pspnet", "--quiet", "train", str(config), "--out", str(run)]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, *command]
+
+
 def test_two_nodes_on_localhost_train_like_one_process(runs, tmp_path):
     port = free_port()
     out = tmp_path / "nodes"
@@ -186,19 +192,7 @@ def test_two_nodes_on_localhost_train_like_one_process(runs, tmp_path):
             "--rdzv-id",
             "pspnet-test",
         ]
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            *launcher,
-            "-m",
-            "pspnet",
-            "--quiet",
-            "train",
-            str(runs["config"]),
-            "--out",
-            str(out),
-        ]
+        command = torchrun_command(out, runs["config"], *launcher)
         launches.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
     for launch in launches:
         _, err = launch.communicate(timeout=TIMEOUT)

@@ -319,7 +319,7 @@ def test_classes_file_errors(tmp_path):
 
 def test_unknown_format_lists_the_known_ones(tmp_path):
     with pytest.raises(DataError, match="known formats: " + ", ".join(SOURCES)):
-        open_source("coco", tmp_path, "train")
+        open_source("kitti", tmp_path, "train")
 
 
 def test_missing_root_and_split_show_the_layout(tmp_path):

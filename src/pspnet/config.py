@@ -199,15 +199,17 @@ class DataConfig:
     """Where the data comes from and how it is loaded."""
 
     format: str = "synthetic"
-    """Dataset format: synthetic, cityscapes, ade20k, voc, pairs or folders (see `pspnet.data.sources`)."""
+    """Dataset format: synthetic, cityscapes, ade20k, voc, pairs, folders, shards, or an annotation tool's export:
+    label-studio, coco or cvat (see `pspnet.data.sources`)."""
     root: str | None = None
-    """Folder of the dataset (unused by the synthetic format)."""
+    """Folder of the dataset (unused by the synthetic format); for `shards`, a folder or a URL (https://, s3://, ...)."""
     train_split: str = "train"
     """Split trained on."""
     val_split: str = "val"
     """Split validated (and evaluated) on."""
     classes_file: str | None = None
-    """Class names/palette file for the `folders` and `pairs` formats."""
+    """Class names/palette file for the `folders` and `pairs` formats; for label-studio, coco and cvat, the classes
+    (and ids) that the export's classes are matched to by name."""
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     """Per-channel mean subtracted from images scaled to [0, 1] (ImageNet's by default)."""
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))

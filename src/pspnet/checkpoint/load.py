@@ -3,7 +3,8 @@
 The format is detected from the file's contents, not its name: pspnet's native safetensors, a semseg or
 mmsegmentation checkpoint, an ONNX file from `pspnet export`, or a `.pt2` program (recognised, and refused:
 loading one unpickles its constants). PyTorch checkpoints run on a `backend` (`torch`: eager fp32,
-`torch-bf16`: see `pspnet.runtime.bf16`); ONNX files run on onnxruntime. Every model has the same call
+`torch-bf16`: see `pspnet.runtime.bf16`; `torch-compile`, `torch-compile-bf16`: see `pspnet.runtime.compiled`);
+ONNX files run on onnxruntime. Every model has the same call
 contract (normalised NCHW float in, logits at the input size out), a `.card` and `.predict`.
 
 Every command that takes a model (evaluate, predict, serve, export, report) and the Python API work on the
@@ -28,11 +29,12 @@ from ..inference.predict import model_device
 from ..io.weights import is_onnx, is_safetensors, require_file
 from ..models import PSPNet
 from ..runtime.bf16 import BFloat16Model
+from ..runtime.compiled import CompiledModel
 from ..runtime.onnx_model import OnnxModel
 from .native import load_native
 from .reference import load_reference
 
-BACKENDS = ("torch", "torch-bf16")
+BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-compile-bf16")
 """Backends of PyTorch checkpoints; ONNX files always run on onnxruntime."""
 
 FORMATS = ("pspnet", "semseg", "mmseg", "onnx")
@@ -41,7 +43,7 @@ FORMATS = ("pspnet", "semseg", "mmseg", "onnx")
 NORMALIZATIONS = ("card", "config")
 """Where the input normalisation comes from (`LoadedModel.with_config`): the model card, or deliberately the config."""
 
-Model = PSPNet | BFloat16Model | OnnxModel
+Model = PSPNet | BFloat16Model | CompiledModel | OnnxModel
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class LoadedModel:
     format: str
     """One of `FORMATS`."""
     backend: str
-    """`torch`, `torch-bf16` or `onnxruntime`."""
+    """One of `BACKENDS`, or `onnxruntime`."""
 
     @property
     def card(self) -> ModelCard:
@@ -127,8 +129,8 @@ def open_model(
 ) -> LoadedModel:
     """Open a model file: detect its format, build the model in eval mode on `backend` and `device`.
 
-    `backend` None means the file's own (torch for checkpoints, onnxruntime for ONNX files); `torch` or
-    `torch-bf16` on an ONNX file is an error, and so is any ONNX file with `pytorch_only` (for training from
+    `backend` None means the file's own (torch for checkpoints, onnxruntime for ONNX files); any of `BACKENDS`
+    on an ONNX file is an error, and so is any ONNX file with `pytorch_only` (for training from
     a checkpoint's weights, or exporting it). `threads` sets the intra-op threads (torch: process-wide
     `torch.set_num_threads`; default: OMP_NUM_THREADS or the cores).
     """
@@ -157,9 +159,18 @@ def open_model(
             model, config, meta = load_reference(path)
             file_format = meta["source_format"]
         backend = backend or "torch"
-        wrapped = BFloat16Model(model) if backend == "torch-bf16" else model
+        wrapped = wrap_backend(model, backend)
         loaded = LoadedModel(wrapped, config, meta, path, file_format, backend)
     return loaded.to(device) if device is not None else loaded
+
+
+def wrap_backend(model: PSPNet, backend: str) -> Model:
+    """`model` (eval mode) on a PyTorch backend."""
+    if backend == "torch-bf16":
+        return BFloat16Model(model)
+    if backend.startswith("torch-compile"):
+        return CompiledModel(model, bf16=backend == "torch-compile-bf16")
+    return model
 
 
 def detect_format(path: Path) -> str:

@@ -39,9 +39,10 @@ def add_backend(parser: argparse.ArgumentParser) -> None:
     """`--backend` and `--threads` of the commands that run a model (evaluate, predict, serve)."""
     parser.add_argument(
         "--backend",
-        choices=["torch", "torch-bf16"],
-        help="how a PyTorch checkpoint runs: torch (eager fp32, default) or torch-bf16 (bf16 weights "
-        "and activations: AVX-512 BF16/AMX CPUs, GPUs); .onnx files always run on onnxruntime",
+        choices=["torch", "torch-bf16", "torch-compile", "torch-compile-bf16"],
+        help="how a PyTorch checkpoint runs: torch (eager fp32, default), torch-bf16 (bf16 weights "
+        "and activations: AVX-512 BF16/AMX CPUs, GPUs), torch-compile / torch-compile-bf16 (the same compiled "
+        "by torch.compile, BatchNorm folded; see docs/compile.md); .onnx files always run on onnxruntime",
     )
     parser.add_argument(
         "--threads",

@@ -1,4 +1,4 @@
-"""`pspnet data check` and `pspnet data preview`."""
+"""`pspnet data check`, `pspnet data preview` and `pspnet data pack`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .common import add_set
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="inspect a dataset (check, preview)")
+    data = sub.add_parser("data", help="inspect a dataset (check, preview) or pack it into shards")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     check = data_sub.add_parser(
         "check",
@@ -36,6 +36,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     preview.add_argument("--count", type=int, default=8, help="number of samples (default 8)")
     add_set(preview)
     preview.set_defaults(run=run_preview)
+    pack = data_sub.add_parser(
+        "pack",
+        help="write a split as WebDataset tar shards (data.format: shards)",
+        description="Writes every sample of a split of any readable dataset as WebDataset tar shards plus "
+        "an index, SPLIT.index.json, which `data.format: shards` reads from a folder or a URL.",
+    )
+    pack.add_argument("config", help="YAML config whose data section describes the dataset")
+    pack.add_argument("--split", help="split to pack (default: the training split)")
+    pack.add_argument("--out", required=True, help="folder to write the shards and the index into")
+    pack.add_argument(
+        "--shard-size", default="1GB", metavar="SIZE", help="largest size of a shard, e.g. 1GB, 500MB (default 1GB)"
+    )
+    add_set(pack)
+    pack.set_defaults(run=run_pack)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -64,4 +78,30 @@ def run_preview(args: argparse.Namespace) -> int:
     items = [(sample.image, sample.mask) for sample in (source.load(i * step) for i in range(count))]
     save_image(args.out, preview_grid(items, source.classes))
     print(f"preview of {count} samples of {config.data.format}/{split}: {args.out}")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..data.check import describe_source
+    from ..data.pack import pack_split, parse_size  # heavy (numpy, PIL, torch via data): only when the command runs
+    from ..data.sources import build_source
+    from ..system.progress import progress_bar
+
+    config = load_config(args.config, args.overrides)
+    shard_size = parse_size(args.shard_size)
+    split = args.split or config.data.train_split
+    source = build_source(config.data, split)
+    if not len(source):
+        raise DataError(f"{config.data.format}/{split} has no samples to pack (see `pspnet data check`)")
+    with progress_bar(len(source), f"pack {split}", not args.quiet) as bar:
+        result = pack_split(
+            source, args.out, split, shard_size, describe_source(source), config.data.skip_bad, bar.update
+        )
+    for message in result.skipped:
+        print(f"skipped (data.skip_bad): {message}")
+    print(
+        f"packed {result.num_samples} samples of {config.data.format}/{split} into {len(result.shards)} shard(s), "
+        f"{result.bytes / 1e6:.1f} MB: {result.index}"
+    )
     return 0

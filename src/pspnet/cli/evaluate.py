@@ -39,6 +39,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also write a self-contained HTML report: the evaluation, "
         "sample predictions (worst images first) and, for a checkpoint of a run directory, the run",
     )
+    evaluate.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also log the metrics to MLflow (extra pspnet[mlflow]): to the MLflow run of the checkpoint's run "
+        "directory, else to a run tagged with the checkpoint (MLFLOW_TRACKING_URI, else mlflow.db beside the runs)",
+    )
     add_inference_options(evaluate)
     evaluate.add_argument(
         "--absent",
@@ -68,10 +74,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--format",
         dest="output_format",
-        choices=["pspnet", "cityscapes"],
+        choices=["pspnet", "cityscapes", "label-studio", "coco", "cvat"],
         default="pspnet",
         help="pspnet: labels/, color/ and overlay/ (default); cityscapes: X_labelIds.png for each "
-        "X_leftImg8bit.png, for the official evaluator and benchmark submissions",
+        "X_leftImg8bit.png, for the official evaluator and benchmark submissions; pre-annotations for labelling "
+        "tools: label-studio (tasks.json and label_config.xml), coco (coco.json), cvat (cvat.zip: Segmentation "
+        "mask 1.1)",
+    )
+    predict.add_argument(
+        "--local-files-root",
+        metavar="DIR",
+        help="label-studio: reference images as /data/local-files/?d=PATH relative to DIR (Label Studio's "
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); default: the image paths as given",
     )
     predict.add_argument(
         "--skip-existing",
@@ -108,6 +122,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..system import distributed  # heavy (torch): only when the command runs
 
+    if args.mlflow:
+        from ..training.tracking import check_available
+
+        check_available("--mlflow")
     with distributed.session(args.device) as context:
         return _evaluate(args, context)
 
@@ -153,6 +171,12 @@ def _evaluate(args: argparse.Namespace, context) -> int:
     write_json(out, result)
     save_csv(out.with_suffix(".csv"), metrics, names)
     print(f"results: {out} and {out.with_suffix('.csv')}")
+    if args.mlflow:
+        from ..training.tracking import log_evaluation
+
+        run_id = log_evaluation(checkpoint, result, names, split=split, iteration=loaded.iteration)
+        if run_id is not None:
+            print(f"MLflow run: {run_id}")
     if args.confusion:
         from ..report.plots import confusion_matrix, save_png  # heavy (matplotlib): only for the picture
 
@@ -169,6 +193,10 @@ def describe_outputs(report, args: argparse.Namespace) -> str:
     """The kinds of files a predict run wrote (a `PredictionReport`), for its summary line."""
     if args.output_format == "cityscapes":
         return "X_labelIds.png files"
+    if args.output_format != "pspnet":
+        from ..jobs.annotation_files import OUTPUT_FILES
+
+        return f"pre-annotations in {OUTPUT_FILES[args.output_format]}, legend.png, classes.json"
     videos = sum(path.name.endswith(".overlay.mp4") for path in report.written)
     kinds = []
     if len(report.written) > videos:
@@ -188,7 +216,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     with distributed.session(args.device) as context:
         loaded = distributed.agree(context, lambda: load_for_inference(args, context.device))
-        options = OutputOptions(args.probabilities, args.overlay_alpha, VideoOptions(args.video_crf, args.video_labels))
+        options = OutputOptions(
+            args.probabilities,
+            args.overlay_alpha,
+            VideoOptions(args.video_crf, args.video_labels),
+            args.local_files_root,
+        )
         report = predict_files(
             loaded,
             args.inputs,

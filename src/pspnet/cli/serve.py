@@ -58,6 +58,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve a non-loopback --host without a token: anyone who can reach it may use it (a warning is printed)",
     )
+    serve.add_argument(
+        "--label-studio",
+        action="store_true",
+        help="also answer Label Studio's ML backend protocol (/health, /setup, /predict, /webhook): connect this server to a "
+        "project (Settings > Model) and its tasks get the model's masks as predictions",
+    )
+    serve.add_argument(
+        "--label-studio-url",
+        metavar="URL",
+        help="with --label-studio: Label Studio's address, to fetch task images from (default: the one it sends to "
+        "/setup); its API token: the LABEL_STUDIO_API_KEY environment variable (default: the one it sends)",
+    )
+    serve.add_argument(
+        "--local-files-root",
+        metavar="DIR",
+        help="with --label-studio: read local-files images (/data/local-files/?d=PATH) from DIR, Label Studio's "
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, instead of fetching them",
+    )
+    serve.add_argument(
+        "--retrain-config",
+        metavar="CONFIG",
+        help="with --label-studio: on Label Studio's Start Training, export the project and fine-tune this checkpoint "
+        "on it with CONFIG (data.format label-studio, data.root the export, train.init_from the checkpoint)",
+    )
+    serve.add_argument(
+        "--retrain-dir",
+        default="runs/label-studio",
+        metavar="DIR",
+        help="with --retrain-config: where the exports and the runs go (default runs/label-studio)",
+    )
     add_inference_options(serve)
     serve.set_defaults(run=run_serve)
 
@@ -78,6 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:  # heavy and optional (fastapi, uvicorn): only when the command runs
         from ..serve.app import ServeOptions, create_app, default_pixel_cap, run
+        from ..serve.label_studio import LabelStudioOptions
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"{exc.name} is not installed; pspnet serve needs the serve extra: pip install 'pspnet[serve]'"
@@ -100,10 +131,26 @@ def run_serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         token=token,
     )
-    app = create_app(loaded, options)
+    label_studio = None
+    if args.retrain_config:
+        from ..config import load_config
+
+        load_config(args.retrain_config)  # a bad config fails now, not when Label Studio asks for training
+    if args.label_studio:
+        label_studio = LabelStudioOptions(
+            args.label_studio_url,
+            os.environ.get("LABEL_STUDIO_API_KEY"),
+            args.local_files_root,
+            args.retrain_config,
+            args.retrain_dir,
+        )
+    elif args.label_studio_url or args.local_files_root or args.retrain_config:
+        raise ConfigError("--label-studio-url, --local-files-root and --retrain-config go with --label-studio")
+    app = create_app(loaded, options, label_studio)
     print(
         f"serving {loaded.path} on http://{args.host}:{args.port}/ (API: POST /v1/segment; protocol: "
-        f"{config.eval.describe()}; uploads up to {args.max_upload_mb:g} MB and {options.max_pixels / 1e6:g} M pixels)",
+        f"{config.eval.describe()}; uploads up to {args.max_upload_mb:g} MB and {options.max_pixels / 1e6:g} M pixels)"
+        + ("; Label Studio ML backend: /health, /setup, /predict, /webhook" if label_studio else ""),
         flush=True,
     )
     try:

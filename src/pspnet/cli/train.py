@@ -1,14 +1,17 @@
-"""`pspnet train`: start a run from a config, or continue one with `--resume RUN_DIR`."""
+"""`pspnet train`: start a run from a config, or continue one with `--resume RUN_DIR` (or `--resume auto`:
+continue the run the directory holds, else start it; what torchrun's restarted workers do)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
 from .common import add_set
 
 RUN_CONFIG = "config.yaml"
+AUTO = "auto"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const=True,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR (or --out) from its last checkpoint",
+        help="continue the run in RUN_DIR (or --out) from its last checkpoint; `--resume auto`: continue the "
+        "run --out holds if it is this config's, else start it (the default when torchrun restarts workers)",
     )
     parser.add_argument(
         "--nproc-per-node",
@@ -42,13 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def resolve_run(args: argparse.Namespace) -> tuple[Path, str | Path]:
     """The run directory and the config file of a `train` command line."""
-    resume_dir = args.resume if isinstance(args.resume, str) else None
+    resume_dir = args.resume if isinstance(args.resume, str) and args.resume != AUTO else None
     if resume_dir and args.out and Path(resume_dir) != Path(args.out):
         raise ConfigError(f"--resume {resume_dir} and --out {args.out} name different run directories")
     if args.config is None:
-        if resume_dir is None:
+        run_dir = resume_dir or (args.out if args.resume == AUTO else None)
+        if run_dir is None:
             raise ConfigError("give a CONFIG to start a run, or --resume RUN_DIR to continue one")
-        return Path(resume_dir), Path(resume_dir) / RUN_CONFIG
+        return Path(run_dir), Path(run_dir) / RUN_CONFIG
     return Path(resume_dir or args.out or Path("runs") / Path(args.config).stem), args.config
 
 
@@ -81,11 +86,20 @@ def launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_command(run_dir: Path, world_size: int, slurm: bool = False) -> str:
+    """The command that continues the run in `run_dir` on `world_size` processes: of one machine, or as the tasks
+    of a SLURM job step (`slurm`)."""
+    if slurm:
+        return f"srun --ntasks {world_size} pspnet train --resume {run_dir}"
+    return f"pspnet train --resume {run_dir}" + (f" --nproc-per-node {world_size}" if world_size > 1 else "")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..report.table import format_table
     from ..system import distributed  # heavy (torch, timm): only when training runs
     from ..system.environment import command_line
+    from ..training.run_dir import RunDirectory
     from ..training.run_report import report_run
     from ..training.trainer import Trainer
 
@@ -95,16 +109,33 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and not Path(config_path).is_file():
         raise ConfigError(f"--resume {run_dir}: no run there ({config_path} is missing)")
     config = load_config(config_path, args.overrides)
-    with distributed.session(config.train.device) as context:
-        trainer = Trainer(
-            config,
-            run_dir,
-            resume=bool(args.resume),
-            progress=not args.quiet,
-            distributed=context,
-            command=command_line(["pspnet", *args.argv]),
+    trainer = None
+    try:
+        with distributed.session(config.train.device) as context:
+            resume = bool(args.resume) and args.resume != AUTO
+            if not resume and (args.resume == AUTO or distributed.restarted()):
+                # rank 0 looks, every rank follows: the Trainer then refuses another config's run
+                resume = distributed.broadcast(context, context.is_main and RunDirectory(run_dir).holds_run())
+            trainer = Trainer(
+                config,
+                run_dir,
+                resume=resume,
+                progress=not args.quiet,
+                distributed=context,
+                command=command_line(["pspnet", *args.argv]),
+                experiment=Path(args.config).stem if args.config else None,
+            )
+            result = trainer.train()
+    except distributed.LostProcess as exc:  # every process reports it: each may be the last one left
+        where = f"iteration {trainer.iteration}" if trainer is not None else "startup"
+        left = distributed.restarts_left()
+        then = (
+            f"torchrun restarts the workers (restarts left: {left})"
+            if left > 0
+            else f"continue the run with: {resume_command(run_dir, context.world_size, distributed.started_by_srun())}"
         )
-        result = trainer.train()
+        print(f"error: rank {context.rank}: {exc} at {where}; {then}", file=sys.stderr)
+        return 1
     if not context.is_main:
         return 128 + result.stop_signal if result.stop_signal else 0
     if result.metrics is not None:
@@ -122,4 +153,8 @@ def run(args: argparse.Namespace) -> int:
         return 128 + result.stop_signal if result.stop_signal else 0
     report = report_run(run_dir, device=config.train.device, progress=not args.quiet, validation=result.validation)
     print(f"report:          {report}  (curves: {result.run_dir / 'curves.png'})")
+    if "mlflow" in trainer.config.train.loggers:
+        from ..training.tracking import log_run_artifacts
+
+        log_run_artifacts(run_dir, [report])
     return 0

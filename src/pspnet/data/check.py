@@ -19,6 +19,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import SegmentationSource
 from .formats.common import FileSource, SampleFiles, describe_out_of_range, label_histogram, out_of_range, size_mismatch
+from .formats.shards import ShardSource
 from .sources import build_source
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ def check_dataset(
     )
     if isinstance(source, FileSource):
         _check_listing(source, report)
+    if isinstance(source, ShardSource):
+        report.problems.extend(Problem("missing_files", message) for message in source.shard_problems())
     if not len(source):
         report.problems.append(Problem("empty", "no image/mask pairs found"))
     for index in range(len(source)):
@@ -119,7 +122,11 @@ def check_dataset(
 
 def describe_source(source: SegmentationSource) -> str:
     if isinstance(source, FileSource):
-        return f"{source.format_name} dataset at {source.root}, split '{source.split}'"
+        skipped = getattr(source, "skipped", 0)  # exports of labelling tools: images nobody annotated
+        unannotated = f" ({skipped} image(s) without annotation skipped)" if skipped else ""
+        return f"{source.format_name} dataset at {source.root}, split '{source.split}'{unannotated}"
+    if isinstance(source, ShardSource):
+        return f"shards at {source.root}, split '{source.split}' ({len(source.shards)} shards)"
     return f"{type(source).__name__} ({len(source)} generated samples of split '{getattr(source, 'split', '?')}')"
 
 

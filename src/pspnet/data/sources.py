@@ -15,9 +15,13 @@ from ..errors import ConfigError, DataError
 from .base import SegmentationSource
 from .formats.ade20k import ADE20K, ADE20K_CLASSES
 from .formats.cityscapes import Cityscapes, cityscapes_classes
+from .formats.coco import COCO
 from .formats.common import FileSource
+from .formats.cvat import CVAT
 from .formats.folders import Folders
+from .formats.label_studio import LabelStudio
 from .formats.pairs import ImagePairs
+from .formats.shards import ShardSource
 from .formats.voc import VOC, VOC_CLASSES
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ContextScenes
@@ -45,6 +49,14 @@ def _file_source(cls: type[FileSource]) -> Callable[[DataConfig, str], Segmentat
     return build
 
 
+def _shards(data: DataConfig, split: str) -> SegmentationSource:
+    if data.root is None:
+        raise DataError(f"data.root is not set; the shards format expects {ShardSource.layout}")
+    if data.options or data.classes_file is not None:
+        raise DataError("shards: the classes come from the shards' index; remove data.options and data.classes_file")
+    return ShardSource(data.root, split)
+
+
 def _synthetic(data: DataConfig, split: str) -> SegmentationSource:
     return ContextScenes.from_config(data.synthetic, "train" if split == data.train_split else split)
 
@@ -60,6 +72,10 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec("voc", _file_source(VOC), VOC.layout, lambda: VOC_CLASSES),
         SourceSpec("pairs", _file_source(ImagePairs), ImagePairs.layout, cityscapes_classes),
         SourceSpec("folders", _file_source(Folders), Folders.layout, None),
+        SourceSpec("label-studio", _file_source(LabelStudio), LabelStudio.layout, None),
+        SourceSpec("coco", _file_source(COCO), COCO.layout, None),
+        SourceSpec("cvat", _file_source(CVAT), CVAT.layout, None),
+        SourceSpec("shards", _shards, ShardSource.layout, None),
     )
 }
 

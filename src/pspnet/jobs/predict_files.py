@@ -1,5 +1,6 @@
 """Prediction on image and video files: label PNGs, colour renderings, overlays, confidence maps and
-overlay videos with a legend and a classes file, or Cityscapes submissions."""
+overlay videos with a legend and a classes file, Cityscapes submissions, or pre-annotations for labelling
+tools (`annotation_files`)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from ..io.images import read_image
 from ..system.distributed import Distributed, check_all, gather, shard
 from ..system.progress import progress_bar
 from ..visualize import colorize, displayable, legend, overlay, save_label_png
+from .annotation_files import ANNOTATION_FORMATS, OUTPUT_FILES, AnnotationWriter, model_version
 from .video import VideoOptions, VideoReader, import_av, overlay_video
 
-OUTPUT_FORMATS = ("pspnet", "cityscapes")
+OUTPUT_FORMATS = ("pspnet", "cityscapes", *ANNOTATION_FORMATS)
 PROBABILITY_OUTPUTS = ("confidence", "full")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 
@@ -43,12 +45,14 @@ class OutputOptions:
 
     `probabilities`: "confidence" adds `confidence/NAME.png` (the top class's softmax probability x 255,
     8-bit grey), "full" also `probabilities/NAME.npy` (K x H x W float16). `overlay_alpha` is the weight
-    of the class colours in overlays (images and videos); `video` says how overlay videos are encoded.
+    of the class colours in overlays (images and videos); `video` says how overlay videos are encoded;
+    `local_files_root` makes label-studio tasks reference images by local-files URLs relative to it.
     """
 
     probabilities: str | None = None
     overlay_alpha: float = 0.5
     video: VideoOptions = VideoOptions()
+    local_files_root: str | None = None
 
     def __post_init__(self) -> None:
         if self.probabilities not in (None, *PROBABILITY_OUTPUTS):
@@ -116,6 +120,8 @@ def output_files(out_dir: Path, stem: Path, output_format: str, probabilities: s
     """Every file `predict_files` writes for the image named `stem`; the first is the label file, written last."""
     if output_format == "cityscapes":
         return [out_dir / cityscapes_prediction_name(stem)]
+    if output_format in ANNOTATION_FORMATS:
+        return [out_dir / OUTPUT_FILES[output_format]]
     files = [out_dir / "labels" / f"{stem}.png", out_dir / "color" / f"{stem}.png", out_dir / "overlay" / f"{stem}.jpg"]
     if probabilities:
         files.append(out_dir / "confidence" / f"{stem}.png")
@@ -190,7 +196,9 @@ def predict_files(
       `options.video.labels`, `NAME.labels/NNNNNN.png`); `legend.png` and `classes.json` once anything
       is written;
     * `cityscapes`: `<name>_labelIds.png` per image (see `cityscapes_prediction_name`), for the
-      official evaluator or a benchmark submission; needs a model of the 19 Cityscapes train classes.
+      official evaluator or a benchmark submission; needs a model of the 19 Cityscapes train classes;
+    * `label-studio`, `coco`, `cvat`: one file of pre-annotations for every image (`annotation_files`),
+      written when all are segmented.
 
     Output names follow `collect_inputs`. Inputs that cannot be read (or are larger than the
     settings' pixel cap) are recorded in the report; the others are still processed. With
@@ -206,9 +214,17 @@ def predict_files(
     videos = [path for path, _ in files if is_video(path)]
     if output_format == "cityscapes":
         _check_cityscapes_model(model)
-        if videos or options.probabilities:
-            what = f"{videos[0]} is a video" if videos else "probabilities were asked for"
-            raise ConfigError(f"the cityscapes output format holds label files of images only; {what}")
+    if output_format != "pspnet" and (videos or options.probabilities):
+        what = f"{videos[0]} is a video" if videos else "probabilities were asked for"
+        raise ConfigError(f"the {output_format} output format holds label files of images only; {what}")
+    writer = None
+    if output_format in ANNOTATION_FORMATS:
+        if skip_existing:
+            raise ConfigError(f"the {output_format} output format writes one file for all images; drop --skip-existing")
+        writer = AnnotationWriter(
+            output_format, Path(out_dir), model.card.classes, model_version(loaded), options.local_files_root
+        )
+    entries = []
     if videos:
         import_av()
     out_dir = Path(out_dir)
@@ -254,14 +270,17 @@ def predict_files(
                         )
                 else:
                     image = read_image(path, model.card.in_channels, max_pixels=settings.pixel_cap(), exif=True)
-                    probabilities = predict_probabilities(model, image, settings) if options.probabilities else None
+                    wanted = options.probabilities or writer is not None
+                    probabilities = predict_probabilities(model, image, settings) if wanted else None
                     label = (
                         predict_array(model, image, settings)
                         if probabilities is None
                         else probabilities.argmax(0).astype(np.uint8)
                     )
                     write_key_once()
-                    if output_format == "cityscapes":
+                    if writer is not None:
+                        entries.append((str(stem), writer.entry(path, stem, label, probabilities.max(0))))
+                    elif output_format == "cityscapes":
                         save_image(outputs[0], Image.fromarray(train_id_to_label_id()[label]))
                     else:
                         _write_pspnet(outputs, image, label, probabilities, model.card.classes, options)
@@ -270,6 +289,10 @@ def predict_files(
             else:
                 report.written.append(outputs[0])
             bar.update()
+    if writer is not None:
+        everything = sorted(item for part in gather(distributed, entries) for item in part)
+        if distributed.is_main and everything:
+            writer.write([entry for _, entry in everything])
     parts = gather(distributed, report)
     return PredictionReport(
         *(sum((getattr(part, name) for part in parts), []) for name in ("written", "skipped", "failed"))

@@ -1,13 +1,15 @@
 """Who may use a server: an access token, and loopback-only answering when there is none.
 
 With a token every request needs it, as the `pspnet_token` cookie that `POST /login` sets (for the web
-page) or as `Authorization: Bearer TOKEN` (for scripts). Without one, `loopback_only` servers answer
+page), as `Authorization: Bearer TOKEN` (for scripts) or as the password of HTTP basic authentication (any
+user name: what Label Studio sends to an ML backend). Without one, `loopback_only` servers answer
 only loopback clients that name a loopback `Host` (which also stops DNS-rebinding pages). `pspnet serve`
 and `pspnet playground` share this gate; the playground adds its cross-site checks on top.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Any
 
@@ -54,9 +56,18 @@ class TokenGate(BaseHTTPMiddleware):
 
 
 def authorised(request: Request, token: str) -> bool:
-    """Whether the request carries `token` (bearer header, else the cookie)."""
-    bearer = request.headers.get("authorization", "")
-    given = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+    """Whether the request carries `token` (bearer header, basic authentication's password, else the cookie)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer":
+        given = credentials
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(credentials, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    else:
+        given = request.cookies.get(COOKIE, "")
     return hmac.compare_digest(given.encode(), token.encode())
 
 

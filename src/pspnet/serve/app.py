@@ -29,6 +29,7 @@ from ..config import EvalConfig
 from ..errors import ConfigError, ImageTooLargeError, NotAnImageError, PSPNetError
 from ..inference.predict import predict_array
 from .access import TokenGate, add_login
+from .label_studio import LabelStudioOptions, add_label_studio_backend
 from .metrics import MetricsMiddleware, ServeMetrics
 from .segment import Segmentation, segment_upload
 from .worker import InferenceWorker, QueueFull
@@ -155,8 +156,11 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(loaded: LoadedModel, options: ServeOptions | None = None) -> FastAPI:
-    """The app serving `loaded` under its protocol (`loaded.config.eval`) within `options`' limits."""
+def create_app(
+    loaded: LoadedModel, options: ServeOptions | None = None, label_studio: LabelStudioOptions | None = None
+) -> FastAPI:
+    """The app serving `loaded` under its protocol (`loaded.config.eval`) within `options`' limits; with
+    `label_studio`, also as a Label Studio ML backend (`pspnet.serve.label_studio`)."""
     options = options or ServeOptions()
     model, settings = loaded.model, loaded.config.eval
     worker = InferenceWorker(options.queue_size + 1)
@@ -218,6 +222,9 @@ def create_app(loaded: LoadedModel, options: ServeOptions | None = None) -> Fast
     async def model_card() -> dict[str, Any]:
         """Classes and palette, encoder, input channels, inference protocol, backend and the server's limits."""
         return description
+
+    if label_studio is not None:
+        add_label_studio_backend(app, loaded, worker, label_studio, options.max_upload_bytes, options.max_pixels)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

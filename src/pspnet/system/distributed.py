@@ -5,7 +5,8 @@ A process started by `torchrun` finds RANK, WORLD_SIZE and LOCAL_RANK in its env
 gives it a `Distributed` context, and leaves the group with the other processes. Without torchrun
 the context is a single process and nothing here communicates. A failure on one rank is shared
 with all (`agree`, `check_all`), so every rank stops with the same error instead of waiting for the
-others; the process group's timeout bounds any wait.
+others; the process group's timeout bounds any wait. A process that dies or stops answering is found
+by its heartbeat (`Heartbeat`): the others raise `LostProcess`, naming it, within PSPNET_DIST_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,10 +32,17 @@ from .device import resolve_device
 
 T = TypeVar("T")
 
-TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("PSPNET_DIST_TIMEOUT", "600")))
-"""How long a collective may wait for the other processes (env PSPNET_DIST_TIMEOUT, seconds)."""
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("PSPNET_DIST_TIMEOUT", "60")))
+"""How long a collective may wait for the other processes (env PSPNET_DIST_TIMEOUT, seconds): after it, a
+process that gave no answer (hung, stopped) is reported lost."""
 LEAVE_TIMEOUT = datetime.timedelta(seconds=30)
 """How long a process that failed waits for the others before it leaves the process group."""
+HEARTBEAT_S = 1.0
+"""How often each process counts up its heartbeat in the job's store."""
+
+
+class LostProcess(PSPNetError):
+    """Another process of the job died, stopped answering, or left with an error of its own."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,106 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def restarted() -> bool:
+    """Whether torchrun restarted this job's workers (after a failure, or when its membership changed)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def restarts_left() -> int:
+    """How many more times torchrun restarts the workers after a failure (0 without torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) - int(
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    )
+
+
+class Heartbeat:
+    """A thread that counts up this process's key in the job's key-value store (the TCPStore at
+    MASTER_ADDR:MASTER_PORT) every HEARTBEAT_S: a process that died or was stopped stops counting, and
+    one that leaves says how (`sign_off`). The keys are the job's own: rank 0 draws their prefix."""
+
+    def __init__(self, context: Distributed):
+        self.rank, self.world_size = context.rank, context.world_size
+        prefix = broadcast(context, secrets.token_hex(8))
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=TIMEOUT)
+        self.store = dist.PrefixStore(f"pspnet/{prefix}/", store)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="pspnet-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.store.add(f"beat/{self.rank}", 1)
+            except RuntimeError:  # the store's host is gone: the job is ending
+                return
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def sign_off(self, outcome: str) -> None:
+        """Stop beating and record why this process leaves: "ok", "error" or "lost" (it saw another one lost)."""
+        self._stop.set()
+        with contextlib.suppress(RuntimeError):
+            self.store.set(f"left/{self.rank}", outcome)
+
+    def lost(self) -> LostProcess | None:
+        """After a failed collective: the error naming the processes that stopped beating without signing
+        off (watched for 3 beats), or that left with an error; None when every other one is alive."""
+        others = [rank for rank in range(self.world_size) if rank != self.rank]
+        try:
+            before = {rank: self.store.add(f"beat/{rank}", 0) for rank in others}
+            time.sleep(3 * HEARTBEAT_S)
+            lost, failed = [], []
+            for rank in others:
+                if self.store.check([f"left/{rank}"]):
+                    if self.store.get(f"left/{rank}") == b"error":
+                        failed.append(rank)
+                elif self.store.add(f"beat/{rank}", 0) == before[rank]:
+                    lost.append(rank)
+        except RuntimeError:
+            return LostProcess("lost the job's store (its launcher, or rank 0, died)")
+        parts = [f"rank {rank} was lost (it died, or gave no answer within {TIMEOUT.seconds} s)" for rank in lost]
+        parts += [f"rank {rank} stopped with an error (see its output)" for rank in failed]
+        return LostProcess("; ".join(parts)) if parts else None
+
+
+SLURM_PORT_BASE = 20000
+"""Under `srun` without MASTER_PORT, the job meets on port SLURM_PORT_BASE + SLURM_JOB_ID % 40000 of its first node."""
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, compact ranges included: `node[01-03,07],gpu5` -> `node01`."""
+    first = re.match(r"(?:[^,\[]|\[[^\]]*\])+", nodelist.strip())
+    if first is None:
+        raise ConfigError(f"cannot read the first host of the SLURM node list '{nodelist}'; set MASTER_ADDR")
+    return re.sub(r"\[([^\],-]*)[^\]]*\]", r"\1", first.group(0))
+
+
+def started_by_srun(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is a task that `srun` started without torchrun (its RANK came from SLURM_PROCID)."""
+    procid = environ.get("SLURM_PROCID")
+    return procid is not None and "TORCHELASTIC_RUN_ID" not in environ and environ.get("RANK") == procid
+
+
+def use_slurm_environment(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """In a task of a job step that `srun` started (SLURM_STEP_ID is set; the batch script itself is no such
+    task) and not torchrun (RANK is unset): set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR (the step's first
+    node, unless set) and MASTER_PORT (unless set) from SLURM's variables. Returns whether it did."""
+    if "RANK" in environ or not {"SLURM_STEP_ID", "SLURM_PROCID", "SLURM_NTASKS"} <= environ.keys():
+        return False
+    if "MASTER_ADDR" not in environ:
+        nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+        if not nodes:
+            raise ConfigError("SLURM_PROCID is set but no SLURM_STEP_NODELIST or SLURM_JOB_NODELIST; set MASTER_ADDR")
+        environ["MASTER_ADDR"] = first_slurm_host(nodes)
+    environ.setdefault("MASTER_PORT", str(SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % 40000))
+    environ["RANK"], environ["WORLD_SIZE"] = environ["SLURM_PROCID"], environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+    return True
+
+
 def setup(device_name: str) -> Distributed:
-    """This process's context; joins the process group when started by torchrun with WORLD_SIZE > 1."""
+    """This process's context; joins the process group when started by torchrun (or `srun`) with WORLD_SIZE > 1."""
+    use_slurm_environment()
     if not launched_by_torchrun():
         return Distributed(device=resolve_device(device_name))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -66,8 +177,22 @@ def setup(device_name: str) -> Distributed:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        _join("nccl" if device.type == "cuda" else "gloo", rank, world_size)
     return Distributed(rank, world_size, local_rank, device)
+
+
+def _join(backend: str, rank: int, world_size: int) -> None:
+    """Join the process group. Under torchrun the workers meet in the launcher's store, which outlives them
+    and still holds the addresses the workers before a restart published there (joining with those fails
+    or hangs): each generation of workers gets keys of its own, numbered by how many joined before it."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=TIMEOUT)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=TIMEOUT)
+    key = f"pspnet/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{world_size}"
+    generation = (store.add(f"{key}/joined", 1) - 1) // world_size
+    prefixed = dist.PrefixStore(f"{key}/{generation}/", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size, timeout=TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -75,19 +200,40 @@ def session(device_name: str) -> Iterator[Distributed]:
     """`setup()` for the block, then leave the process group. The processes first wait for each other,
     so that none closes its connections while another is still communicating (gloo can abort a process
     then). After an error (which `agree`/`check_all` share, so all ranks usually leave together) the wait
-    is bounded: a gloo barrier that gives up after LEAVE_TIMEOUT, none on NCCL."""
+    is bounded: a gloo barrier that gives up after LEAVE_TIMEOUT, none on NCCL. A collective that failed
+    because another process was lost raises `LostProcess` at once."""
     context = setup(device_name)
+    heartbeat = None
     try:
+        heartbeat = Heartbeat(context) if context.active else None
         yield context
-    except BaseException:
+        if context.active:
+            dist.barrier()
+    except BaseException as exc:
+        if heartbeat is not None and isinstance(exc, RuntimeError) and not isinstance(exc, PSPNetError):
+            _ignore_stop_signals()
+            lost = heartbeat.lost()
+            if lost is not None:
+                heartbeat.sign_off("lost")
+                raise lost from None  # no goodbye: the others are gone or about to see the same
+        if heartbeat is not None:
+            heartbeat.sign_off("error")
         if context.active and dist.get_backend() == "gloo":
             with contextlib.suppress(RuntimeError):
                 dist.monitored_barrier(timeout=LEAVE_TIMEOUT)
         _leave()
         raise
-    if context.active:
-        dist.barrier()
+    if heartbeat is not None:
+        heartbeat.sign_off("ok")
     _leave()
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore SIGINT/SIGTERM from now on (main thread only): this process leaves on an error, and torchrun,
+    which stops the other workers when one dies, should not cut short its report of which one."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _leave() -> None:
@@ -168,7 +314,8 @@ def split_batch(batch_size: int, context: Distributed, sync_bn: bool) -> int:
     if batch_size % context.world_size:
         raise ConfigError(
             f"train.batch_size: the global batch of {batch_size} does not divide among "
-            f"{context.world_size} processes; choose a multiple of {context.world_size}"
+            f"{context.world_size} processes; choose a multiple of {context.world_size}, or run on "
+            f"{', '.join(str(n) for n in range(1, batch_size + 1) if batch_size % n == 0)} processes"
         )
     local = batch_size // context.world_size
     if local < 2 and not sync_bn:

@@ -8,6 +8,7 @@
     train_log.csv, val_log.csv       metrics; tensorboard/ has the same as TensorBoard events (run_log.py)
     curves.png                       the training curves, redrawn at each validation
     report.html                      the run report (`pspnet report`), written when training ends
+    mlflow.json                      the MLflow run it logs to, with the `mlflow` logger (tracking.py)
 
 Each file is written atomically, the resume state before `last.safetensors`, so that a kill at any
 moment leaves a directory that `--resume` continues (or, before the first save, starts over).
@@ -42,6 +43,8 @@ RESUMABLE_CHANGES = {
     "train.device",
     "data.num_workers",
     "train.max_iters",
+    "train.loggers",
+    "train.mlflow_log_checkpoint",
 }
 """Config keys that may differ between a run and its --resume: settings that do not change the result,
 and `train.max_iters` (a longer schedule: the poly policy is evaluated with the new value from the
@@ -80,9 +83,13 @@ class RunDirectory:
             f"{self.last.relative_to(self.path)})"
         )
 
+    def holds_run(self) -> bool:
+        """Whether a run saved a checkpoint here (what `check_new` refuses and `--resume auto` continues)."""
+        return self.last.exists() or self.resume_state.exists()
+
     def check_new(self) -> None:
         """ConfigError when the directory already holds a run."""
-        if self.last.exists() or self.resume_state.exists():
+        if self.holds_run():
             raise ConfigError(
                 f"{self.path} already holds a run; continue it with `pspnet train --resume {self.path}` "
                 "or choose another --out"

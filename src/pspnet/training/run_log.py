@@ -1,4 +1,5 @@
-"""A run's logs: train_log.csv and val_log.csv, the same as TensorBoard events, and curves.png."""
+"""A run's logs: train_log.csv and val_log.csv, the same as TensorBoard events (logger `tensorboard`), and
+curves.png. MLflow gets them from the trainer's tracker (tracking.py)."""
 
 from __future__ import annotations
 
@@ -12,33 +13,39 @@ from .run_dir import RunDirectory
 
 
 class RunLog:
-    """The CSV and TensorBoard logs of a run, and curves.png; rows after `start_iteration` (written after
-    the checkpoint a resumed run restarts from) are dropped."""
+    """The CSV logs of a run (and with `tensorboard` the same as TensorBoard events), and curves.png; rows after
+    `start_iteration` (written after the checkpoint a resumed run restarts from) are dropped."""
 
-    def __init__(self, run: RunDirectory, start_iteration: int):
-        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when a run starts
-
+    def __init__(self, run: RunDirectory, start_iteration: int, tensorboard: bool = True):
         self.run = run
         for path in (run.train_log, run.val_log):
             _truncate_csv(path, start_iteration)
-        self.tensorboard = SummaryWriter(str(run.path / "tensorboard"), purge_step=start_iteration or None)
+        self.tensorboard = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when a run starts
+
+            self.tensorboard = SummaryWriter(str(run.path / "tensorboard"), purge_step=start_iteration or None)
 
     def train(self, iteration: int, values: dict[str, float]) -> None:
         """One row of training values (losses, lr, timing)."""
         _append_csv(self.run.train_log, {"iteration": iteration, **values})
-        for key, value in values.items():
-            self.tensorboard.add_scalar(f"train/{key}", value, iteration)
+        self._add_scalars("train", iteration, values)
 
     def validation(self, iteration: int, values: dict[str, float]) -> None:
         """One row of validation metrics (miou, macc, aacc, then `IoU/<class>` for each class; NaN for a class
         absent from ground truth and prediction); curves.png is redrawn."""
         _append_csv(self.run.val_log, {"iteration": iteration, **values})
-        for key, value in values.items():
-            self.tensorboard.add_scalar(f"val/{key}", value, iteration)
+        self._add_scalars("val", iteration, values)
         save_png(training_curves(read_log(self.run.train_log), read_log(self.run.val_log)), self.run.curves)
 
+    def _add_scalars(self, kind: str, iteration: int, values: dict[str, float]) -> None:
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(f"{kind}/{key}", value, iteration)
+
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def read_log(path: Path) -> list[dict[str, float]]:

@@ -28,12 +28,14 @@ from ..checkpoint import load_strict, open_model, save_checkpoint
 from ..classes import IGNORE_INDEX
 from ..config import Config
 from ..data.check import report_colour_matching
+from ..data.formats.annotations import check_fine_tuning_classes
 from ..data.loaders import SkipLog, build_dataset, build_eval_loader, build_train_loader, iterate
 from ..errors import CheckpointError, ConfigError, DataError
 from ..jobs.evaluation import ImageScores, Validation, evaluate
 from ..losses import PSPLoss
 from ..metrics import SegmentationMetrics
 from ..models import create_model
+from ..runtime.compiled import compile_training
 from ..system.device import resolve_amp, resolve_device
 from ..system.distributed import Distributed, agree, all_reduce_sum, broadcast, check_all, split_batch
 from ..system.environment import command_line, hardware, software
@@ -41,6 +43,7 @@ from ..system.progress import progress_bar
 from .run_dir import RunDirectory
 from .run_log import RunLog
 from .sync_bn import convert_sync_batchnorm
+from .tracking import Tracker, check_available, open_tracker, tracked_metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,9 @@ class Trainer:
     With `resume`, the run continues from its resume state; when it has none (it was killed before
     its first checkpoint) it starts over, with a warning. With a `distributed` context of several
     processes, every process builds and checks the same run (a failure on one stops all), trains on
-    its share of each global batch, and rank 0 alone writes files. `command` is recorded in run.json
-    (default: this process's command line).
+    its share of each global batch, and rank 0 alone writes files and logs to the tracker (MLflow with
+    `train.loggers` [.., mlflow], in the experiment `experiment` unless MLFLOW_EXPERIMENT_NAME is set; see
+    `pspnet.training.tracking`). `command` is recorded in run.json (default: this process's command line).
     """
 
     def __init__(
@@ -115,8 +119,11 @@ class Trainer:
         progress: bool = True,
         distributed: Distributed | None = None,
         command: str | None = None,
+        experiment: str | None = None,
     ):
         self.dist = distributed or Distributed(device=resolve_device(config.train.device))
+        self.experiment = experiment
+        self.tracker = Tracker()
         self.run = RunDirectory(run_dir)
         self.progress = progress and self.dist.is_main
         self.command = command or command_line()
@@ -136,6 +143,8 @@ class Trainer:
         if state is not None:
             self._load_resume_state(state)
         self.network = self._distribute()
+        if self.config.train.compile:
+            self.network = compile_training(self.network, self.device)
         if self.dist.is_main:
             report_colour_matching(self.train_set.source)
 
@@ -158,6 +167,8 @@ class Trainer:
 
     def _build(self, config: Config, init_weights: bool) -> None:
         train = config.train
+        if "mlflow" in train.loggers:
+            check_available()
         self.device = self.dist.device if self.dist.active else resolve_device(train.device)
         self.amp = resolve_amp(train.amp, self.device)
         if train.amp == "auto":
@@ -173,11 +184,9 @@ class Trainer:
         self.model = create_model(config, self.classes)
         self.config = config.with_num_classes(self.model.config.num_classes)
         if train.init_from and init_weights and self.dist.is_main:  # the other ranks get rank 0's weights from DDP
-            load_strict(
-                self.model,
-                open_model(train.init_from, pytorch_only=True).model.state_dict(),
-                f"train.init_from {train.init_from}",
-            )
+            start = open_model(train.init_from, pytorch_only=True)
+            check_fine_tuning_classes(self.train_set.source, start.card.classes, train.init_from)
+            load_strict(self.model, start.model.state_dict(), f"train.init_from {train.init_from}")
         self.model.to(self.device)
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -217,6 +226,7 @@ class Trainer:
                 }
             )
             save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
+            self.tracker.checkpointed(self.iteration)
         finally:
             self._saving = False
         if self._abort_after_save:
@@ -273,9 +283,9 @@ class Trainer:
         """Log validation metrics and keep the best checkpoint (rank 0)."""
         if run_log is not None:
             per_class = {f"IoU/{name}": iou for name, iou in zip(self.classes.names, metrics.iou)}
-            run_log.validation(
-                self.iteration, {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc, **per_class}
-            )
+            values = {"miou": metrics.miou, "macc": metrics.macc, "aacc": metrics.aacc, **per_class}
+            run_log.validation(self.iteration, values)
+            self.tracker.log_metrics(self.iteration, tracked_metrics("val", values))
         if self.best_miou is None or metrics.miou > self.best_miou:
             self.best_miou = metrics.miou
             if self.dist.is_main:
@@ -339,6 +349,7 @@ class Trainer:
             _stop_signals(self._handle_signal),
             contextlib.closing(bar),
             contextlib.closing(run_log or _NoLog()),
+            self._tracking(),
             self._session() as session,
         ):
             while self.iteration < cfg.max_iters:
@@ -365,10 +376,9 @@ class Trainer:
                         }
                         bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
                         if run_log is not None:
-                            run_log.train(
-                                self.iteration,
-                                {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)},
-                            )
+                            row = {**losses, "lr": lr, "seconds_per_iter": round(time.perf_counter() - start, 4)}
+                            run_log.train(self.iteration, row)
+                            self.tracker.log_metrics(self.iteration, tracked_metrics("train", row))
                 if self.iteration % cfg.eval_interval == 0 or self.iteration == cfg.max_iters:
                     with self._timed("validation"):
                         scores = ImageScores(self.classes.num_classes)
@@ -414,6 +424,16 @@ class Trainer:
         finally:
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """Close the tracker when the session ends, with its outcome (as run.json records it)."""
+        try:
+            yield
+        except BaseException as exc:
+            self.tracker.close("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
+        self.tracker.close("stopped" if self._stop_requested else "finished")
+
     def _session(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """Rank 0: this `train` session recorded in run.json (command, software, hardware, wall time, outcome)."""
         if not self.dist.is_main:
@@ -429,13 +449,17 @@ class Trainer:
 
     def _open_run(self) -> RunLog | None:
         """Rank 0: create the run directory (bringing `last.safetensors` up to the resume state if a kill
-        came between them) and open its logs."""
+        came between them), open its logs and its tracker."""
         if not self.dist.is_main:
             return None
         self.run.create(self.config)
         if self.iteration and self.run.last_iteration() != self.iteration:
             save_checkpoint(self.run.last, self.model, self.config, iteration=self.iteration, best_miou=self.best_miou)
-        return RunLog(self.run, self.iteration)
+        loggers = self.config.train.loggers
+        run_log = RunLog(self.run, self.iteration, tensorboard="tensorboard" in loggers)
+        tags = {"command": self.command, **{f"hardware.{k}": v for k, v in hardware(self.device).items()}}
+        self.tracker = open_tracker(self.run, self.config, self.iteration, self.experiment, tags)
+        return run_log
 
     def _step(self, batch: dict) -> dict[str, float]:
         train = self.config.train
