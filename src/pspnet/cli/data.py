@@ -17,8 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Counts, class pixel frequencies and every problem with its file name; "
         "exits 1 when problems are found.",
     )
-    check.add_argument("config", help="YAML config whose data section describes the dataset")
-    check.add_argument("--split", help="split to scan (default: the training split)")
+    add_dataset(check, "scan")
     check.add_argument(
         "--max-unmatched",
         type=float,
@@ -30,9 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_set(check)
     check.set_defaults(run=run_check)
     preview = data_sub.add_parser("preview", help="grid of images with their masks and a class legend")
-    preview.add_argument("config", help="YAML config whose data section describes the dataset")
+    add_dataset(preview, "show")
     preview.add_argument("--out", required=True, help="PNG file to write")
-    preview.add_argument("--split", help="split to show (default: the training split)")
     preview.add_argument("--count", type=int, default=8, help="number of samples (default 8)")
     add_set(preview)
     preview.set_defaults(run=run_preview)
@@ -42,14 +40,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Writes every sample of a split of any readable dataset as WebDataset tar shards plus "
         "an index, SPLIT.index.json, which `data.format: shards` reads from a folder or a URL.",
     )
-    pack.add_argument("config", help="YAML config whose data section describes the dataset")
-    pack.add_argument("--split", help="split to pack (default: the training split)")
+    add_dataset(pack, "pack")
     pack.add_argument("--out", required=True, help="folder to write the shards and the index into")
     pack.add_argument(
         "--shard-size", default="1GB", metavar="SIZE", help="largest size of a shard, e.g. 1GB, 500MB (default 1GB)"
     )
     add_set(pack)
     pack.set_defaults(run=run_pack)
+
+
+def add_dataset(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The dataset a `data` action works on: CONFIG (a file or a preset) and `--split`."""
+    parser.add_argument("config", help="YAML config (or preset) whose data section describes the dataset")
+    parser.add_argument("--split", help=f"split to {verb} (default: the training split)")
 
 
 def run_check(args: argparse.Namespace) -> int:

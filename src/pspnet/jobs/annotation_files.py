@@ -16,7 +16,6 @@ segmented (atomically, so a tool never imports half a file):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import zipfile
@@ -36,6 +35,7 @@ from ..data.formats.label_studio import LOCAL_FILES_PREFIX, LabelConfig, hex_col
 from ..errors import ConfigError
 from ..io.brush_rle import encode_mask
 from ..io.files import atomic_path, write_json
+from ..io.weights import file_sha256
 
 ANNOTATION_FORMATS = ("label-studio", "coco", "cvat")
 OUTPUT_FILES = {"label-studio": "tasks.json", "coco": "coco.json", "cvat": "cvat.zip"}
@@ -43,11 +43,7 @@ OUTPUT_FILES = {"label-studio": "tasks.json", "coco": "coco.json", "cvat": "cvat
 
 def model_version(loaded: LoadedModel) -> str:
     """The checkpoint's name and the first 12 hex digits of its SHA-256, e.g. `best.safetensors@1a2b3c4d5e6f`."""
-    digest = hashlib.sha256()
-    with open(loaded.path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{loaded.path.name}@{digest.hexdigest()[:12]}"
+    return f"{loaded.path.name}@{file_sha256(loaded.path)[:12]}"
 
 
 def default_label_config(classes: ClassInfo) -> LabelConfig:

@@ -6,7 +6,6 @@ iteration, metrics and curves come from the run's own logs (`train_log.csv`, `va
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from ..config import Config
 from ..errors import DataError
+from ..training.run_index import read_csv
 from .store import Job
 
 PATH_KEYS = ("data.root", "data.classes_file", "model.encoder_weights", "train.init_from")
@@ -38,14 +38,7 @@ def config_paths(config: Config) -> list[tuple[str, str]]:
 def read_csv_rows(path: Path) -> list[dict[str, float | None]]:
     """The rows of a run's CSV log as floats, None for NaN, which JSON cannot carry (an empty list before the
     first row)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = [
-            {key: float(value) for key, value in row.items() if value not in ("", None)}
-            for row in csv.DictReader(handle)
-        ]
-    return [{key: None if math.isnan(value) else value for key, value in row.items()} for row in rows]
+    return [{key: None if math.isnan(value) else value for key, value in row.items()} for row in read_csv(path)]
 
 
 def run_config_dict(run: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from ..io.files import atomic_path
 from ..report.plots import save_png, training_curves
 from .run_dir import RunDirectory
+from .run_index import read_csv
 
 
 class RunLog:
@@ -36,7 +37,7 @@ class RunLog:
         absent from ground truth and prediction); curves.png is redrawn."""
         _append_csv(self.run.val_log, {"iteration": iteration, **values})
         self._add_scalars("val", iteration, values)
-        save_png(training_curves(read_log(self.run.train_log), read_log(self.run.val_log)), self.run.curves)
+        save_png(training_curves(read_csv(self.run.train_log), read_csv(self.run.val_log)), self.run.curves)
 
     def _add_scalars(self, kind: str, iteration: int, values: dict[str, float]) -> None:
         if self.tensorboard is not None:
@@ -46,17 +47,6 @@ class RunLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-
-def read_log(path: Path) -> list[dict[str, float]]:
-    """The rows of a CSV log as numbers ([] when there is no log); empty cells are left out of their row."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [
-            {key: float(value) for key, value in row.items() if value not in ("", None)}
-            for row in csv.DictReader(handle)
-        ]
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

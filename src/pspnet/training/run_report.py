@@ -23,7 +23,7 @@ from ..report.html import EvaluationRecord, RunRecord, SamplePrediction, ranking
 from ..system.device import resolve_device
 from ..visualize import displayable
 from .run_dir import RunDirectory
-from .run_log import read_log
+from .run_index import read_csv
 
 DEFAULT_SAMPLES = 8
 """Images in a report's sample grid: the worst half and a spread of the others."""
@@ -65,7 +65,7 @@ def write_report(
     record = (
         None
         if run is None
-        else RunRecord(str(run.path), run.sessions(), read_log(run.train_log), read_log(run.val_log))
+        else RunRecord(str(run.path), run.sessions(), read_csv(run.train_log), read_csv(run.val_log))
     )
     evaluation = EvaluationRecord(
         metrics,

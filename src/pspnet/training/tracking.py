@@ -27,7 +27,6 @@ retries on its own schedule.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -46,6 +45,7 @@ from .. import __version__
 from ..config import Config
 from ..errors import ConfigError
 from ..io.files import write_json
+from ..io.weights import file_sha256
 from .run_dir import RunDirectory
 from .run_index import flatten_config, read_csv
 
@@ -519,11 +519,7 @@ def log_evaluation(
 
 def _evaluation_run(client, uri: str, checkpoint: Path, run: RunDirectory | None, experiment: str | None) -> str:
     """The MLflow run of a checkpoint tracked by no run directory: found by its SHA-256 tag, else created."""
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    sha = digest.hexdigest()
+    sha = file_sha256(checkpoint)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment or DEFAULT_EXPERIMENT
     experiment_id = _experiment_id(client, uri, name)
     found = client.search_runs([experiment_id], f"tags.`pspnet.checkpoint_sha256` = '{sha}'", max_results=1)
